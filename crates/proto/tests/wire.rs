@@ -323,7 +323,7 @@ fn grpc_method_paths_match_etcd() {
             "v3electionpb.Election",
             &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
         ),
-        ("zongheng.peer.v1.Peer", &["Raft", "Forward", "ReadIndex"]),
+        ("zongheng.peer.v1.Peer", &["Raft", "Forward", "ReadIndex", "Members"]),
     ]
     .iter()
     .flat_map(|(service, methods)| methods.iter().map(move |m| format!("/{service}/{m}")))

@@ -26,7 +26,7 @@ const TAG_RAFT_COMMITTED: u8 = 0x02;
 const TAG_RAFT_PURGED: u8 = 0x03;
 const TAG_RAFT_LOG: u8 = 0x04;
 const TAG_SNAPSHOT_META: u8 = 0x05;
-const TAG_SNAPSHOT_DATA: u8 = 0x06;
+const TAG_SNAPSHOT_CHUNK: u8 = 0x06;
 const TAG_STATE_MACHINE: u8 = 0x07;
 const TAG_LOCAL: u8 = 0x08;
 
@@ -63,10 +63,13 @@ pub enum Key {
         /// The Raft group.
         group: u64,
     },
-    /// The data of a group's current snapshot.
-    SnapshotData {
+    /// One chunk of the data of a group's current snapshot. Chunks keep each
+    /// value under the engine's value limit however large the snapshot grows.
+    SnapshotChunk {
         /// The Raft group.
         group: u64,
+        /// The chunk's position, from 0.
+        chunk: u32,
     },
     /// A key of a group's applied state machine.
     StateMachine {
@@ -95,7 +98,11 @@ impl Key {
                 bytes
             }
             Key::SnapshotMeta { group } => tagged_u64(TAG_SNAPSHOT_META, *group),
-            Key::SnapshotData { group } => tagged_u64(TAG_SNAPSHOT_DATA, *group),
+            Key::SnapshotChunk { group, chunk } => {
+                let mut bytes = tagged_u64(TAG_SNAPSHOT_CHUNK, *group);
+                bytes.extend_from_slice(&chunk.to_be_bytes());
+                bytes
+            }
             Key::StateMachine { group, key } => {
                 let mut bytes = tagged_u64(TAG_STATE_MACHINE, *group);
                 bytes.extend_from_slice(key);
@@ -139,9 +146,17 @@ impl Key {
             TAG_SNAPSHOT_META => Key::SnapshotMeta {
                 group: exact_u64(rest, "SnapshotMeta")?,
             },
-            TAG_SNAPSHOT_DATA => Key::SnapshotData {
-                group: exact_u64(rest, "SnapshotData")?,
-            },
+            TAG_SNAPSHOT_CHUNK => {
+                const CHUNK_KEY_BYTES: usize = U64_BYTES + 4;
+                if rest.len() != CHUNK_KEY_BYTES {
+                    return Err(bad_length("SnapshotChunk", CHUNK_KEY_BYTES, rest.len()));
+                }
+                let (group, chunk) = rest.split_at(U64_BYTES);
+                Key::SnapshotChunk {
+                    group: be_u64(group),
+                    chunk: u32::from_be_bytes(chunk.try_into().expect("length checked")),
+                }
+            }
             TAG_STATE_MACHINE => {
                 if rest.len() < U64_BYTES {
                     return Err(bad_key(format!(
@@ -176,6 +191,14 @@ impl Key {
             Key::RaftLog { group, index }.encode(),
             raft_log_group_end(group),
         )
+    }
+
+    /// `[start, end)` covering every snapshot chunk of `group`.
+    pub fn snapshot_chunk_range(group: u64) -> (Vec<u8>, Vec<u8>) {
+        let start = Key::SnapshotChunk { group, chunk: 0 }.encode();
+        let mut end = tagged_u64(TAG_SNAPSHOT_CHUNK, group);
+        end.extend_from_slice(&[0xFF; 5]);
+        (start, end)
     }
 
     /// `[start, end)` covering the log entries of `group` with index `<=
@@ -293,7 +316,7 @@ mod tests {
                     index: self.number(),
                 },
                 4 => Key::SnapshotMeta { group },
-                5 => Key::SnapshotData { group },
+                5 => Key::SnapshotChunk { group, chunk: self.number() as u32 },
                 6 => Key::StateMachine {
                     group,
                     key: self.bytes(),
@@ -336,7 +359,7 @@ mod tests {
                 index: 256,
             },
             Key::SnapshotMeta { group: 0 },
-            Key::SnapshotData { group: 0 },
+            Key::SnapshotChunk { group: 0, chunk: 0 },
             Key::StateMachine {
                 group: 0,
                 key: vec![0xFF; 3],
