@@ -1,0 +1,63 @@
+//! The `zongheng` binary: parses the command line and runs the command.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use zongheng::cli::{Cli, Command};
+use zongheng::config::NodeConfig;
+use zongheng::net::transport::TcpTransport;
+
+fn init_tracing(level: Option<&str>) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("zongheng")
+        .build()
+        .expect("cannot start the tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Node(args) => {
+                init_tracing(cli.log_level.as_deref());
+                run_node(*args).await
+            }
+            Command::Dev(args) => {
+                init_tracing(cli.log_level.as_deref().or(Some("warn")));
+                zongheng::cli::dev::run(args).await
+            }
+        }
+    });
+    if let Err(error) = result {
+        eprintln!("Error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run_node(args: zongheng::config::NodeArgs) -> anyhow::Result<()> {
+    let config = NodeConfig::load(args)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| anyhow::anyhow!("cannot create --data-dir {}: {error}", config.data_dir.display()))?;
+    let engine = zongheng_storage::RedbEngine::open(config.data_dir.join("zongheng.redb"))?;
+    let node = zongheng::node::start(config, Arc::new(TcpTransport), Arc::new(engine)).await?;
+    wait_for_termination().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn wait_for_termination() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("cannot install SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,53 @@
+//! What the `meta` Raft log carries, and what applying it answers.
+//!
+//! Commands reuse the etcd v3 request messages (they already say exactly what
+//! etcd means by a put, a txn or a compaction), so a request is checked once at
+//! the gRPC edge and applied unchanged on every replica.
+
+use serde::{Deserialize, Serialize};
+use zongheng_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    TxnRequest, TxnResponse,
+};
+
+use super::mvcc::MvccError;
+
+/// One entry of the `meta` log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+    /// A member announces the name and client URLs it serves (etcd's publish).
+    PublishMember { id: u64, name: String, client_urls: Vec<String> },
+    /// Forget the attributes of a removed member.
+    ForgetMember { id: u64 },
+}
+
+impl MetaCommand {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetaCommand::Put(_) => "put",
+            MetaCommand::DeleteRange(_) => "delete_range",
+            MetaCommand::Txn(_) => "txn",
+            MetaCommand::Compact(_) => "compact",
+            MetaCommand::PublishMember { .. } => "publish_member",
+            MetaCommand::ForgetMember { .. } => "forget_member",
+        }
+    }
+}
+
+/// The result of applying one entry, identical on every replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    /// Applied; nothing to report (membership and blank entries, publish).
+    Done,
+    /// The command was refused by the state machine; nothing changed.
+    Refused(MvccError),
+}

@@ -1,0 +1,52 @@
+//! `meta`: the coordination store, one Raft group with etcd v3 semantics.
+//!
+//! ## From a request to the disk
+//! 1. A client's etcd v3 gRPC call reaches any member (`server::etcd`), which
+//!    checks it against the named limits and turns it into a [`MetaCommand`].
+//! 2. [`group::MetaGroup::write`] proposes it on the leader, forwarding it over
+//!    the peer service when this member is a follower.
+//! 3. openraft replicates the entry; every member's log store fsyncs it
+//!    (`raft::log_store`) before acknowledging, and once a quorum holds it the
+//!    entry is committed.
+//! 4. Each member applies it to [`app::MetaApp`] (the [`mvcc::Mvcc`] store and
+//!    the member records) in log order; the leader's response goes back to the
+//!    client with the new revision.
+//!
+//! Reads: linearizable ones wait for a read index (leader-confirmed), then
+//! read the local [`mvcc::Mvcc`]; serializable ones read it directly.
+//!
+//! ## The CAP choice, per request
+//! Writes and linearizable reads need a quorum: in a minority partition they
+//! fail with "no leader" or time out (consistency over availability).
+//! Serializable reads (`--consistency=s` in etcdctl, `serializable: true`)
+//! are served by any member from its applied state, so they stay available in
+//! a partition and may be stale.
+//!
+//! ## What it does not do yet
+//! Watches, leases, locks and elections are the coordination issue's work; the
+//! whole MVCC history is held in memory (values too) and compaction is the
+//! only way to bound it.
+
+pub mod app;
+pub mod command;
+pub mod group;
+pub mod mvcc;
+
+pub use app::MetaApp;
+pub use command::{MetaCommand, MetaResponse};
+pub use group::{MetaError, MetaGroup};
+
+use std::io::Cursor;
+
+use crate::raft::runtime::SeededRuntime;
+use crate::raft::PeerNode;
+
+openraft::declare_raft_types!(
+    /// openraft's types for the `meta` group.
+    pub MetaRaftConfig:
+        D = MetaCommand,
+        R = MetaResponse,
+        NodeId = u64,
+        Node = PeerNode,
+        AsyncRuntime = SeededRuntime,
+);

@@ -1,0 +1,1076 @@
+//! Multi-version key-value store with etcd v3 semantics, without I/O.
+//!
+//! This is the pure core of the `meta` state machine: it is fed committed
+//! requests in log order and answers reads, and it never touches a disk, a
+//! clock or a socket. Durability comes from the Raft log and snapshots around
+//! it (see `meta::state_machine`).
+//!
+//! ## Revisions, as etcd defines them
+//! - The store has one cluster-wide `revision`. It starts at 1 and grows by one
+//!   for every write transaction that changes something (a `Put`, a
+//!   `DeleteRange` that deleted at least one key, a `Txn` whose executed branch
+//!   did either). Read-only transactions and deletes of nothing do not move it.
+//! - Each key carries `create_revision` (the revision that created the current
+//!   incarnation of the key), `mod_revision` (its last change) and `version`
+//!   (number of changes since creation; a delete resets it, so a re-created
+//!   key starts again at version 1).
+//! - Reads may ask for an older revision. Compaction at revision C discards
+//!   every version that is not visible at C or later; reads below C then fail
+//!   with [`MvccError::Compacted`], reads above the current revision with
+//!   [`MvccError::FutureRevision`].
+//!
+//! ## Representation
+//! A `BTreeMap` from key to its history (versions in revision order, a
+//! tombstone marking each delete). This keeps the whole index and the values in
+//! memory, as etcd keeps its index in memory; a later step can move values to
+//! the engine and keep only the index here. Iteration order is the key order,
+//! so everything observable is deterministic.
+//!
+//! ## What it does not do yet
+//! Leases exist only as a field: a `Put` with a non-zero lease is refused with
+//! `LeaseNotFound` until the lease subsystem lands, which is exactly what etcd
+//! answers for a lease id it does not know.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+use zongheng_proto::etcdserverpb::{
+    compare, range_request, request_op, response_op, Compare, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use zongheng_proto::mvccpb::KeyValue;
+
+/// The revision of an empty store, as in etcd.
+pub const INITIAL_REVISION: i64 = 1;
+
+/// Errors of the MVCC core. Each maps to the gRPC status etcd clients expect
+/// (see `server::status`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("value is provided")]
+    ValueProvided,
+    #[error("lease is provided")]
+    LeaseProvided,
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("invalid compare: {0}")]
+    InvalidCompare(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+/// One stored version of a key: `None` is a tombstone (the key was deleted at
+/// `mod_revision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Version {
+    mod_revision: i64,
+    kv: Option<StoredValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredValue {
+    create_revision: i64,
+    version: i64,
+    value: Vec<u8>,
+    lease: i64,
+}
+
+/// All versions of one key, oldest first. Never empty while in the map.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct History {
+    versions: Vec<Version>,
+}
+
+impl History {
+    /// The version visible at `revision`, if the key is live there.
+    fn at(&self, revision: i64) -> Option<&StoredValue> {
+        let position = self.versions.partition_point(|version| version.mod_revision <= revision);
+        if position == 0 {
+            return None;
+        }
+        let version = &self.versions[position - 1];
+        version.kv.as_ref()
+    }
+
+    fn latest(&self) -> Option<(&StoredValue, i64)> {
+        let version = self.versions.last()?;
+        version.kv.as_ref().map(|kv| (kv, version.mod_revision))
+    }
+
+    fn mod_revision_at(&self, revision: i64) -> i64 {
+        let position = self.versions.partition_point(|version| version.mod_revision <= revision);
+        self.versions[position - 1].mod_revision
+    }
+}
+
+/// The multi-version store. Serializable as a whole: that is the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mvcc {
+    revision: i64,
+    compact_revision: i64,
+    keys: BTreeMap<Vec<u8>, History>,
+}
+
+impl Default for Mvcc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A key range as etcd encodes it: an empty `range_end` is the single key,
+/// `range_end == [0]` means every key `>= key`, otherwise `[key, range_end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    start: Vec<u8>,
+    end: RangeEnd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RangeEnd {
+    Single,
+    Unbounded,
+    Exclusive(Vec<u8>),
+}
+
+impl KeyRange {
+    pub fn new(key: &[u8], range_end: &[u8]) -> Self {
+        let end = if range_end.is_empty() {
+            RangeEnd::Single
+        } else if range_end == [0] {
+            RangeEnd::Unbounded
+        } else {
+            RangeEnd::Exclusive(range_end.to_vec())
+        };
+        // etcd treats key == [0] with range_end == [0] as "all keys"; a start of
+        // [0] already sorts before every non-empty key, so no special case.
+        Self { start: key.to_vec(), end }
+    }
+
+    fn is_empty(&self) -> bool {
+        match &self.end {
+            RangeEnd::Exclusive(end) => end.as_slice() <= self.start.as_slice(),
+            _ => false,
+        }
+    }
+
+    /// Whether two ranges share a key (used for the duplicate-key rule).
+    fn overlaps(&self, other: &KeyRange) -> bool {
+        if self.is_empty() || other.is_empty() {
+            return false;
+        }
+        let self_end = self.exclusive_end();
+        let other_end = other.exclusive_end();
+        let starts_before_other_ends = match &other_end {
+            None => true,
+            Some(end) => self.start.as_slice() < end.as_slice(),
+        };
+        let other_starts_before_self_ends = match &self_end {
+            None => true,
+            Some(end) => other.start.as_slice() < end.as_slice(),
+        };
+        starts_before_other_ends && other_starts_before_self_ends
+    }
+
+    /// The exclusive end as bytes; `None` when unbounded.
+    fn exclusive_end(&self) -> Option<Vec<u8>> {
+        match &self.end {
+            RangeEnd::Single => {
+                let mut end = self.start.clone();
+                end.push(0);
+                Some(end)
+            }
+            RangeEnd::Unbounded => None,
+            RangeEnd::Exclusive(end) => Some(end.clone()),
+        }
+    }
+
+    fn bounds(&self) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+        match &self.end {
+            RangeEnd::Single => (Bound::Included(self.start.clone()), Bound::Included(self.start.clone())),
+            RangeEnd::Unbounded => (Bound::Included(self.start.clone()), Bound::Unbounded),
+            RangeEnd::Exclusive(end) => (Bound::Included(self.start.clone()), Bound::Excluded(end.clone())),
+        }
+    }
+}
+
+impl Mvcc {
+    pub fn new() -> Self {
+        Self { revision: INITIAL_REVISION, compact_revision: 0, keys: BTreeMap::new() }
+    }
+
+    /// The current revision (the revision of the last change).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The revision of the last compaction (0 if never compacted).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// Number of live keys at the current revision.
+    pub fn live_key_count(&self) -> usize {
+        self.keys.values().filter(|history| history.latest().is_some()).count()
+    }
+
+    /// Number of stored versions (live values and tombstones), a size measure.
+    pub fn version_count(&self) -> usize {
+        self.keys.values().map(|history| history.versions.len()).sum()
+    }
+
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(ResponseHeader { revision: self.revision, ..Default::default() })
+    }
+
+    fn check_read_revision(&self, revision: i64) -> Result<i64, MvccError> {
+        if revision <= 0 {
+            return Ok(self.revision);
+        }
+        if revision > self.revision {
+            return Err(MvccError::FutureRevision);
+        }
+        if revision < self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        Ok(revision)
+    }
+
+    /// Serve a `Range` request against the current state.
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let mut response = self.range_at_tip(request)?;
+        response.header = self.header();
+        Ok(response)
+    }
+
+    fn range_at_tip(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        if request.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        if request.limit < 0 {
+            return Err(MvccError::InvalidRequest("limit must not be negative".into()));
+        }
+        let read_revision = self.check_read_revision(request.revision)?;
+        let range = KeyRange::new(&request.key, &request.range_end);
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        let mut count: i64 = 0;
+        if !range.is_empty() {
+            for (key, history) in self.keys.range(range.bounds()) {
+                let Some(stored) = history.at(read_revision) else { continue };
+                count += 1;
+                if request.count_only {
+                    continue;
+                }
+                let kv = KeyValue {
+                    key: key.clone(),
+                    create_revision: stored.create_revision,
+                    mod_revision: history.mod_revision_at(read_revision),
+                    version: stored.version,
+                    value: if request.keys_only { Vec::new() } else { stored.value.clone() },
+                    lease: stored.lease,
+                };
+                if passes_revision_filters(request, &kv) {
+                    kvs.push(kv);
+                }
+            }
+        }
+        sort_kvs(request, &mut kvs)?;
+        let mut more = false;
+        if request.limit > 0 && kvs.len() > request.limit as usize {
+            kvs.truncate(request.limit as usize);
+            more = true;
+        }
+        Ok(RangeResponse { header: None, kvs, more, count })
+    }
+
+    /// Apply a `Put` as its own write transaction.
+    pub fn put(&mut self, request: &PutRequest) -> Result<PutResponse, MvccError> {
+        validate_put(request)?;
+        self.check_put(request, self.revision + 1)?;
+        let response = self.apply_put(request, self.revision + 1);
+        self.revision += 1;
+        Ok(PutResponse { header: self.header(), ..response })
+    }
+
+    /// Apply a `DeleteRange` as its own write transaction.
+    pub fn delete_range(&mut self, request: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+        if request.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        let response = self.apply_delete(request, self.revision + 1);
+        if response.deleted > 0 {
+            self.revision += 1;
+        }
+        Ok(DeleteRangeResponse { header: self.header(), ..response })
+    }
+
+    /// Apply a `Txn`: evaluate the compares at the current revision, then run
+    /// the chosen branch's operations in order as one write transaction.
+    pub fn txn(&mut self, request: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        validate_txn(request)?;
+        let next = self.revision + 1;
+        // As etcd does, decide every compare (nested ones too) on the state at
+        // the start of the transaction, then check everything that can fail
+        // before changing anything, so a failed transaction leaves no trace.
+        let mut path = Vec::new();
+        self.txn_path(request, &mut path)?;
+        let succeeded = path[0];
+        let branch = if succeeded { &request.success } else { &request.failure };
+        let mut checking = path[1..].iter().copied();
+        self.check_ops(branch, next, &mut checking)?;
+        let mut changed = false;
+        let mut applying = path[1..].iter().copied();
+        let responses = self.apply_ops(branch, next, &mut changed, &mut applying);
+        if changed {
+            self.revision = next;
+        }
+        Ok(TxnResponse { header: self.header(), succeeded, responses })
+    }
+
+    /// The branch taken by this txn and by every nested txn on the taken
+    /// branches, in pre-order.
+    fn txn_path(&self, request: &TxnRequest, path: &mut Vec<bool>) -> Result<(), MvccError> {
+        let succeeded = self.evaluate_compares(&request.compare)?;
+        path.push(succeeded);
+        for op in if succeeded { &request.success } else { &request.failure } {
+            if let Some(request_op::Request::RequestTxn(nested)) = op.request.as_ref() {
+                self.txn_path(nested, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compact history up to `revision`: versions not visible at `revision` or
+    /// later are dropped. Reads below `revision` then fail with `Compacted`.
+    pub fn compact(&mut self, request: &CompactionRequest) -> Result<CompactionResponse, MvccError> {
+        let target = request.revision;
+        if target <= self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        if target > self.revision {
+            return Err(MvccError::FutureRevision);
+        }
+        let mut emptied = Vec::new();
+        for (key, history) in self.keys.iter_mut() {
+            let position = history.versions.partition_point(|version| version.mod_revision <= target);
+            if position == 0 {
+                continue;
+            }
+            // Keep the version visible at `target` unless it is a tombstone.
+            let keep_from = if history.versions[position - 1].kv.is_some() { position - 1 } else { position };
+            history.versions.drain(..keep_from);
+            if history.versions.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            self.keys.remove(&key);
+        }
+        self.compact_revision = target;
+        Ok(CompactionResponse { header: self.header() })
+    }
+
+    fn evaluate_compares(&self, compares: &[Compare]) -> Result<bool, MvccError> {
+        let mut all_true = true;
+        for compare in compares {
+            if !self.evaluate_compare(compare)? {
+                all_true = false;
+            }
+        }
+        Ok(all_true)
+    }
+
+    /// etcd's rule: a compare over a range holds only if it holds for every key
+    /// in the range; a compare on a single missing key sees a zero KeyValue
+    /// (version 0, revisions 0, empty value, lease 0).
+    fn evaluate_compare(&self, compare: &Compare) -> Result<bool, MvccError> {
+        let target = compare::CompareTarget::try_from(compare.target)
+            .map_err(|_| MvccError::InvalidCompare(format!("unknown compare target {}", compare.target)))?;
+        let result = compare::CompareResult::try_from(compare.result)
+            .map_err(|_| MvccError::InvalidCompare(format!("unknown compare result {}", compare.result)))?;
+        let union = compare
+            .target_union
+            .as_ref()
+            .ok_or_else(|| MvccError::InvalidCompare("compare has no target value".into()))?;
+        let union_matches = matches!(
+            (target, union),
+            (compare::CompareTarget::Version, compare::TargetUnion::Version(_))
+                | (compare::CompareTarget::Create, compare::TargetUnion::CreateRevision(_))
+                | (compare::CompareTarget::Mod, compare::TargetUnion::ModRevision(_))
+                | (compare::CompareTarget::Value, compare::TargetUnion::Value(_))
+                | (compare::CompareTarget::Lease, compare::TargetUnion::Lease(_))
+        );
+        if !union_matches {
+            return Err(MvccError::InvalidCompare(format!(
+                "compare target {target:?} does not match the value given"
+            )));
+        }
+        if compare.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        let range = KeyRange::new(&compare.key, &compare.range_end);
+        let mut seen_any = false;
+        if !range.is_empty() {
+            for (key, history) in self.keys.range(range.bounds()) {
+                let Some((stored, mod_revision)) = history.latest() else { continue };
+                seen_any = true;
+                let kv = KeyValue {
+                    key: key.clone(),
+                    create_revision: stored.create_revision,
+                    mod_revision,
+                    version: stored.version,
+                    value: Vec::new(),
+                    lease: stored.lease,
+                };
+                if !compare_one(result, union, &kv, &stored.value) {
+                    return Ok(false);
+                }
+            }
+        }
+        if !seen_any && matches!(range.end, RangeEnd::Single) {
+            return Ok(compare_one(result, union, &KeyValue::default(), &[]));
+        }
+        Ok(true)
+    }
+
+    fn check_put(&self, put: &PutRequest, _revision: i64) -> Result<(), MvccError> {
+        if put.ignore_value || put.ignore_lease {
+            let exists = self.keys.get(&put.key).and_then(History::latest).is_some();
+            if !exists {
+                return Err(MvccError::KeyNotFound);
+            }
+        }
+        if put.lease != 0 {
+            return Err(MvccError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    /// Check a branch before applying it. Keys written earlier in the same
+    /// transaction count as existing, so walk the ops in order on a scratch
+    /// view of which keys exist.
+    fn check_ops(&self, ops: &[RequestOp], revision: i64, path: &mut impl Iterator<Item = bool>) -> Result<(), MvccError> {
+        for op in ops {
+            match op.request.as_ref() {
+                Some(request_op::Request::RequestRange(range)) => {
+                    if range.key.is_empty() {
+                        return Err(MvccError::EmptyKey);
+                    }
+                    // A read inside a txn runs at the txn's own revision; only
+                    // a historical read can fail.
+                    if range.revision > 0 {
+                        self.check_read_revision(range.revision)?;
+                    }
+                }
+                Some(request_op::Request::RequestPut(put)) => {
+                    validate_put(put)?;
+                    if put.lease != 0 {
+                        return Err(MvccError::LeaseNotFound);
+                    }
+                    if put.ignore_value || put.ignore_lease {
+                        // The duplicate-key rule forbids a delete of this key in
+                        // the same txn, so only the current state matters.
+                        self.check_put(put, revision)?;
+                    }
+                }
+                Some(request_op::Request::RequestDeleteRange(delete)) => {
+                    if delete.key.is_empty() {
+                        return Err(MvccError::EmptyKey);
+                    }
+                }
+                Some(request_op::Request::RequestTxn(txn)) => {
+                    let succeeded = path.next().expect("txn_path covers every nested txn");
+                    self.check_ops(if succeeded { &txn.success } else { &txn.failure }, revision, path)?;
+                }
+                None => return Err(MvccError::InvalidRequest("request op is empty".into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_ops(
+        &mut self,
+        ops: &[RequestOp],
+        revision: i64,
+        changed: &mut bool,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Vec<ResponseOp> {
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match op.request.as_ref().expect("checked by check_ops") {
+                request_op::Request::RequestRange(range) => {
+                    // Reads in a txn see the txn's earlier writes: read at the tip.
+                    let mut read = range.clone();
+                    if read.revision <= 0 {
+                        read.revision = 0;
+                    }
+                    let tip = self.revision;
+                    if *changed {
+                        self.revision = revision;
+                    }
+                    let result = self.range_at_tip(&read);
+                    self.revision = tip;
+                    let mut range_response = result.expect("checked by check_ops");
+                    range_response.header = Some(ResponseHeader::default());
+                    response_op::Response::ResponseRange(range_response)
+                }
+                request_op::Request::RequestPut(put) => {
+                    *changed = true;
+                    let mut put_response = self.apply_put(put, revision);
+                    put_response.header = Some(ResponseHeader::default());
+                    response_op::Response::ResponsePut(put_response)
+                }
+                request_op::Request::RequestDeleteRange(delete) => {
+                    let mut delete_response = self.apply_delete(delete, revision);
+                    if delete_response.deleted > 0 {
+                        *changed = true;
+                    }
+                    delete_response.header = Some(ResponseHeader::default());
+                    response_op::Response::ResponseDeleteRange(delete_response)
+                }
+                request_op::Request::RequestTxn(txn) => {
+                    let succeeded = path.next().expect("txn_path covers every nested txn");
+                    let branch = if succeeded { &txn.success } else { &txn.failure };
+                    let nested = self.apply_ops(branch, revision, changed, path);
+                    response_op::Response::ResponseTxn(TxnResponse {
+                        header: Some(ResponseHeader::default()),
+                        succeeded,
+                        responses: nested,
+                    })
+                }
+            };
+            responses.push(ResponseOp { response: Some(response) });
+        }
+        responses
+    }
+
+    /// Write one put at `revision`. Callers have validated it.
+    fn apply_put(&mut self, put: &PutRequest, revision: i64) -> PutResponse {
+        let history = self.keys.entry(put.key.clone()).or_default();
+        let previous = history.latest().map(|(stored, mod_revision)| (stored.clone(), mod_revision));
+        let (create_revision, version) = match &previous {
+            Some((stored, _)) => (stored.create_revision, stored.version + 1),
+            None => (revision, 1),
+        };
+        let value = if put.ignore_value {
+            previous.as_ref().map(|(stored, _)| stored.value.clone()).unwrap_or_default()
+        } else {
+            put.value.clone()
+        };
+        let lease = if put.ignore_lease { previous.as_ref().map(|(stored, _)| stored.lease).unwrap_or(0) } else { put.lease };
+        let prev_kv = if put.prev_kv {
+            previous.as_ref().map(|(stored, mod_revision)| to_key_value(&put.key, stored, *mod_revision))
+        } else {
+            None
+        };
+        history.versions.push(Version {
+            mod_revision: revision,
+            kv: Some(StoredValue { create_revision, version, value, lease }),
+        });
+        PutResponse { header: None, prev_kv }
+    }
+
+    fn apply_delete(&mut self, delete: &DeleteRangeRequest, revision: i64) -> DeleteRangeResponse {
+        let range = KeyRange::new(&delete.key, &delete.range_end);
+        let mut deleted = 0;
+        let mut prev_kvs = Vec::new();
+        if !range.is_empty() {
+            for (key, history) in self.keys.range_mut(range.bounds()) {
+                let Some((stored, mod_revision)) = history.latest() else { continue };
+                if delete.prev_kv {
+                    prev_kvs.push(to_key_value(key, stored, mod_revision));
+                }
+                deleted += 1;
+                history.versions.push(Version { mod_revision: revision, kv: None });
+            }
+        }
+        DeleteRangeResponse { header: None, deleted, prev_kvs }
+    }
+}
+
+fn to_key_value(key: &[u8], stored: &StoredValue, mod_revision: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_vec(),
+        create_revision: stored.create_revision,
+        mod_revision,
+        version: stored.version,
+        value: stored.value.clone(),
+        lease: stored.lease,
+    }
+}
+
+fn compare_one(result: compare::CompareResult, union: &compare::TargetUnion, kv: &KeyValue, value: &[u8]) -> bool {
+    use std::cmp::Ordering;
+    let ordering = match union {
+        compare::TargetUnion::Version(expected) => kv.version.cmp(expected),
+        compare::TargetUnion::CreateRevision(expected) => kv.create_revision.cmp(expected),
+        compare::TargetUnion::ModRevision(expected) => kv.mod_revision.cmp(expected),
+        compare::TargetUnion::Value(expected) => value.cmp(expected.as_slice()),
+        compare::TargetUnion::Lease(expected) => kv.lease.cmp(expected),
+    };
+    match result {
+        compare::CompareResult::Equal => ordering == Ordering::Equal,
+        compare::CompareResult::Greater => ordering == Ordering::Greater,
+        compare::CompareResult::Less => ordering == Ordering::Less,
+        compare::CompareResult::NotEqual => ordering != Ordering::Equal,
+    }
+}
+
+fn passes_revision_filters(request: &RangeRequest, kv: &KeyValue) -> bool {
+    if request.min_mod_revision > 0 && kv.mod_revision < request.min_mod_revision {
+        return false;
+    }
+    if request.max_mod_revision > 0 && kv.mod_revision > request.max_mod_revision {
+        return false;
+    }
+    if request.min_create_revision > 0 && kv.create_revision < request.min_create_revision {
+        return false;
+    }
+    if request.max_create_revision > 0 && kv.create_revision > request.max_create_revision {
+        return false;
+    }
+    true
+}
+
+fn sort_kvs(request: &RangeRequest, kvs: &mut [KeyValue]) -> Result<(), MvccError> {
+    use range_request::{SortOrder, SortTarget};
+    let mut order = SortOrder::try_from(request.sort_order)
+        .map_err(|_| MvccError::InvalidRequest(format!("unknown sort order {}", request.sort_order)))?;
+    let target = SortTarget::try_from(request.sort_target)
+        .map_err(|_| MvccError::InvalidRequest(format!("unknown sort target {}", request.sort_target)))?;
+    // etcd: a non-key sort target without an order sorts ascending.
+    if order == SortOrder::None && target != SortTarget::Key {
+        order = SortOrder::Ascend;
+    }
+    if order == SortOrder::None {
+        return Ok(());
+    }
+    // Stable sorts keep key order among equal targets, as etcd does.
+    match target {
+        SortTarget::Key => {}
+        SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+        SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+        SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+        SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+    }
+    if order == SortOrder::Descend {
+        kvs.reverse();
+    }
+    Ok(())
+}
+
+fn validate_put(put: &PutRequest) -> Result<(), MvccError> {
+    if put.key.is_empty() {
+        return Err(MvccError::EmptyKey);
+    }
+    if put.ignore_value && !put.value.is_empty() {
+        return Err(MvccError::ValueProvided);
+    }
+    if put.ignore_lease && put.lease != 0 {
+        return Err(MvccError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// The duplicate-key rule of etcd: within one branch (including nested
+/// transactions' branches), no key may be written twice, and no put may fall
+/// inside a deleted range. Checked for both branches, as etcd does.
+pub fn validate_txn(request: &TxnRequest) -> Result<(), MvccError> {
+    for branch in [&request.success, &request.failure] {
+        let mut puts: Vec<Vec<u8>> = Vec::new();
+        let mut deletes: Vec<KeyRange> = Vec::new();
+        collect_writes(branch, &mut puts, &mut deletes)?;
+        let mut sorted = puts.clone();
+        sorted.sort();
+        if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(MvccError::DuplicateKey);
+        }
+        for key in &puts {
+            let single = KeyRange::new(key, &[]);
+            if deletes.iter().any(|range| range.overlaps(&single)) {
+                return Err(MvccError::DuplicateKey);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn collect_writes(ops: &[RequestOp], puts: &mut Vec<Vec<u8>>, deletes: &mut Vec<KeyRange>) -> Result<(), MvccError> {
+    for op in ops {
+        match op.request.as_ref() {
+            Some(request_op::Request::RequestPut(put)) => puts.push(put.key.clone()),
+            Some(request_op::Request::RequestDeleteRange(delete)) => {
+                deletes.push(KeyRange::new(&delete.key, &delete.range_end))
+            }
+            Some(request_op::Request::RequestTxn(txn)) => {
+                // Either nested branch may run; both count against the outer branch.
+                validate_txn(txn)?;
+                collect_writes(&txn.success, puts, deletes)?;
+                collect_writes(&txn.failure, puts, deletes)?;
+            }
+            Some(request_op::Request::RequestRange(_)) => {}
+            None => return Err(MvccError::InvalidRequest("request op is empty".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Total number of operations in a txn, nested ones included (the count the
+/// `max-txn-ops` limit applies to, per branch as etcd does).
+pub fn txn_op_count(request: &TxnRequest) -> usize {
+    let nested = |ops: &[RequestOp]| -> usize {
+        ops.iter()
+            .map(|op| match op.request.as_ref() {
+                Some(request_op::Request::RequestTxn(txn)) => 1 + txn_op_count(txn),
+                _ => 1,
+            })
+            .sum()
+    };
+    request.compare.len().max(nested(&request.success)).max(nested(&request.failure))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> PutRequest {
+        PutRequest { key: key.into(), value: value.into(), ..Default::default() }
+    }
+
+    fn get(store: &Mvcc, key: &str) -> Option<KeyValue> {
+        let request = RangeRequest { key: key.into(), ..Default::default() };
+        store.range(&request).unwrap().kvs.into_iter().next()
+    }
+
+    fn get_at(store: &Mvcc, key: &str, revision: i64) -> Result<Option<KeyValue>, MvccError> {
+        let request = RangeRequest { key: key.into(), revision, ..Default::default() };
+        Ok(store.range(&request)?.kvs.into_iter().next())
+    }
+
+    fn prefix_end(prefix: &str) -> Vec<u8> {
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        end
+    }
+
+    fn delete(key: &str) -> DeleteRangeRequest {
+        DeleteRangeRequest { key: key.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn empty_store_is_at_revision_one() {
+        let store = Mvcc::new();
+        assert_eq!(store.revision(), 1);
+        assert_eq!(get(&store, "a"), None);
+    }
+
+    #[test]
+    fn put_sets_create_mod_revision_and_version() {
+        let mut store = Mvcc::new();
+        let response = store.put(&put("a", "1")).unwrap();
+        assert_eq!(response.header.unwrap().revision, 2);
+        let kv = get(&store, "a").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+        store.put(&put("b", "x")).unwrap();
+        store.put(&put("a", "2")).unwrap();
+        let kv = get(&store, "a").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 4, 2));
+        assert_eq!(kv.value, b"2");
+    }
+
+    #[test]
+    fn delete_resets_version_and_create_revision() {
+        let mut store = Mvcc::new();
+        store.put(&put("a", "1")).unwrap(); // rev 2
+        store.put(&put("a", "2")).unwrap(); // rev 3
+        let response = store.delete_range(&delete("a")).unwrap(); // rev 4
+        assert_eq!(response.deleted, 1);
+        assert_eq!(response.header.unwrap().revision, 4);
+        assert_eq!(get(&store, "a"), None);
+        store.put(&put("a", "3")).unwrap(); // rev 5
+        let kv = get(&store, "a").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    }
+
+    #[test]
+    fn delete_of_nothing_does_not_bump_revision() {
+        let mut store = Mvcc::new();
+        let response = store.delete_range(&delete("missing")).unwrap();
+        assert_eq!(response.deleted, 0);
+        assert_eq!(store.revision(), 1);
+    }
+
+    #[test]
+    fn historical_reads_see_old_versions() {
+        let mut store = Mvcc::new();
+        store.put(&put("a", "1")).unwrap(); // 2
+        store.put(&put("a", "2")).unwrap(); // 3
+        store.delete_range(&delete("a")).unwrap(); // 4
+        assert_eq!(get_at(&store, "a", 1).unwrap(), None);
+        assert_eq!(get_at(&store, "a", 2).unwrap().unwrap().value, b"1");
+        let kv = get_at(&store, "a", 3).unwrap().unwrap();
+        assert_eq!((kv.value.as_slice(), kv.mod_revision, kv.version), (&b"2"[..], 3, 2));
+        assert_eq!(get_at(&store, "a", 4).unwrap(), None);
+        assert_eq!(get_at(&store, "a", 5), Err(MvccError::FutureRevision));
+    }
+
+    #[test]
+    fn compaction_drops_unreachable_versions_and_refuses_old_reads() {
+        let mut store = Mvcc::new();
+        store.put(&put("a", "1")).unwrap(); // 2
+        store.put(&put("a", "2")).unwrap(); // 3
+        store.put(&put("b", "1")).unwrap(); // 4
+        store.delete_range(&delete("b")).unwrap(); // 5
+        store.put(&put("a", "3")).unwrap(); // 6
+        store.compact(&CompactionRequest { revision: 5, physical: false }).unwrap();
+        assert_eq!(get_at(&store, "a", 4), Err(MvccError::Compacted));
+        // The version visible at the compaction revision stays readable.
+        assert_eq!(get_at(&store, "a", 5).unwrap().unwrap().value, b"2");
+        assert_eq!(get_at(&store, "b", 5).unwrap(), None);
+        assert_eq!(get(&store, "a").unwrap().value, b"3");
+        // b's tombstone was the visible version at 5: the key is gone entirely.
+        assert!(!store.keys.contains_key(b"b".as_slice()));
+        assert_eq!(store.keys[b"a".as_slice()].versions.len(), 2);
+        assert_eq!(store.compact(&CompactionRequest { revision: 5, physical: true }), Err(MvccError::Compacted));
+        assert_eq!(store.compact(&CompactionRequest { revision: 7, physical: true }), Err(MvccError::FutureRevision));
+        // Compaction does not change the revision.
+        assert_eq!(store.revision(), 6);
+    }
+
+    #[test]
+    fn range_prefix_limit_count_and_sort() {
+        let mut store = Mvcc::new();
+        for (key, value) in [("p/c", "1"), ("p/a", "3"), ("p/b", "2"), ("q", "0")] {
+            store.put(&put(key, value)).unwrap();
+        }
+        let mut request = RangeRequest { key: "p/".into(), range_end: prefix_end("p/"), ..Default::default() };
+        let response = store.range(&request).unwrap();
+        let keys: Vec<_> = response.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+        assert_eq!(keys, ["p/a", "p/b", "p/c"]);
+        assert_eq!((response.count, response.more), (3, false));
+
+        request.limit = 2;
+        let response = store.range(&request).unwrap();
+        assert_eq!((response.kvs.len(), response.count, response.more), (2, 3, true));
+
+        request.limit = 0;
+        request.sort_target = range_request::SortTarget::Value as i32;
+        request.sort_order = range_request::SortOrder::Descend as i32;
+        let response = store.range(&request).unwrap();
+        let values: Vec<_> = response.kvs.iter().map(|kv| kv.value.clone()).collect();
+        assert_eq!(values, [b"3".to_vec(), b"2".to_vec(), b"1".to_vec()]);
+
+        request.count_only = true;
+        let response = store.range(&request).unwrap();
+        assert_eq!((response.kvs.len(), response.count), (0, 3));
+
+        // from-key: range_end = [0]
+        let response = store.range(&RangeRequest { key: "p/b".into(), range_end: vec![0], ..Default::default() }).unwrap();
+        assert_eq!(response.count, 3);
+        // all keys
+        let response = store.range(&RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap();
+        assert_eq!(response.count, 4);
+        // keys_only
+        let response = store
+            .range(&RangeRequest { key: "q".into(), keys_only: true, ..Default::default() })
+            .unwrap();
+        assert!(response.kvs[0].value.is_empty());
+    }
+
+    #[test]
+    fn revision_filters() {
+        let mut store = Mvcc::new();
+        store.put(&put("a", "1")).unwrap(); // 2
+        store.put(&put("b", "1")).unwrap(); // 3
+        store.put(&put("a", "2")).unwrap(); // 4
+        let request = RangeRequest { key: vec![0], range_end: vec![0], min_mod_revision: 4, ..Default::default() };
+        let response = store.range(&request).unwrap();
+        assert_eq!(response.kvs.len(), 1);
+        assert_eq!(response.kvs[0].key, b"a");
+        // etcd's count is over the range, before filters.
+        assert_eq!(response.count, 2);
+        let request = RangeRequest { key: vec![0], range_end: vec![0], max_create_revision: 2, ..Default::default() };
+        assert_eq!(store.range(&request).unwrap().kvs.len(), 1);
+    }
+
+    #[test]
+    fn put_options() {
+        let mut store = Mvcc::new();
+        let ignore = PutRequest { key: "a".into(), ignore_value: true, ..Default::default() };
+        assert_eq!(store.put(&ignore), Err(MvccError::KeyNotFound));
+        store.put(&put("a", "1")).unwrap();
+        let response = store.put(&PutRequest { prev_kv: true, ..put("a", "2") }).unwrap();
+        assert_eq!(response.prev_kv.unwrap().value, b"1");
+        store.put(&ignore).unwrap();
+        assert_eq!(get(&store, "a").unwrap().value, b"2");
+        assert_eq!(get(&store, "a").unwrap().version, 3);
+        let bad = PutRequest { key: "a".into(), value: "x".into(), ignore_value: true, ..Default::default() };
+        assert_eq!(store.put(&bad), Err(MvccError::ValueProvided));
+        assert_eq!(store.put(&PutRequest { lease: 7, ..put("a", "1") }), Err(MvccError::LeaseNotFound));
+        assert_eq!(store.put(&put("", "1")), Err(MvccError::EmptyKey));
+    }
+
+    fn cmp(key: &str, target: compare::CompareTarget, result: compare::CompareResult, union: compare::TargetUnion) -> Compare {
+        Compare { result: result as i32, target: target as i32, key: key.into(), range_end: vec![], target_union: Some(union) }
+    }
+
+    fn op_put(key: &str, value: &str) -> RequestOp {
+        RequestOp { request: Some(request_op::Request::RequestPut(put(key, value))) }
+    }
+
+    #[test]
+    fn txn_compare_and_swap() {
+        use compare::{CompareResult, CompareTarget, TargetUnion};
+        let mut store = Mvcc::new();
+        store.put(&put("a", "1")).unwrap(); // 2
+        let txn = TxnRequest {
+            compare: vec![cmp("a", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("1".into()))],
+            success: vec![op_put("a", "2"), op_put("b", "2")],
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest { key: "a".into(), ..Default::default() })),
+            }],
+        };
+        let response = store.txn(&txn).unwrap();
+        assert!(response.succeeded);
+        assert_eq!(response.header.unwrap().revision, 3);
+        // Both puts share the revision of the transaction.
+        assert_eq!(get(&store, "a").unwrap().mod_revision, 3);
+        assert_eq!(get(&store, "b").unwrap().mod_revision, 3);
+        let response = store.txn(&txn).unwrap();
+        assert!(!response.succeeded);
+        // A failed compare with a read-only branch does not move the revision.
+        assert_eq!(store.revision(), 3);
+        match &response.responses[0].response {
+            Some(response_op::Response::ResponseRange(range)) => assert_eq!(range.kvs[0].value, b"2"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn txn_compares_on_revisions_version_and_missing_keys() {
+        use compare::{CompareResult, CompareTarget, TargetUnion};
+        let mut store = Mvcc::new();
+        store.put(&put("a", "1")).unwrap(); // 2
+        store.put(&put("a", "1")).unwrap(); // 3
+        let check = |store: &mut Mvcc, compare: Compare| store.txn(&TxnRequest { compare: vec![compare], ..Default::default() }).unwrap().succeeded;
+        assert!(check(&mut store, cmp("a", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(2))));
+        assert!(check(&mut store, cmp("a", CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(2))));
+        assert!(check(&mut store, cmp("a", CompareTarget::Mod, CompareResult::Greater, TargetUnion::ModRevision(2))));
+        assert!(check(&mut store, cmp("a", CompareTarget::Mod, CompareResult::Less, TargetUnion::ModRevision(4))));
+        assert!(check(&mut store, cmp("a", CompareTarget::Value, CompareResult::NotEqual, TargetUnion::Value("x".into()))));
+        // A missing key compares as version 0 / create revision 0.
+        assert!(check(&mut store, cmp("zz", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))));
+        assert!(check(&mut store, cmp("zz", CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(0))));
+        // A mismatched target and value is refused.
+        let bad = cmp("a", CompareTarget::Version, CompareResult::Equal, TargetUnion::Value("1".into()));
+        assert!(matches!(store.txn(&TxnRequest { compare: vec![bad], ..Default::default() }), Err(MvccError::InvalidCompare(_))));
+    }
+
+    #[test]
+    fn txn_compare_over_a_range_must_hold_for_every_key() {
+        use compare::{CompareResult, CompareTarget, TargetUnion};
+        let mut store = Mvcc::new();
+        store.put(&put("r/a", "1")).unwrap();
+        store.put(&put("r/b", "1")).unwrap();
+        let mut compare = cmp("r/", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("1".into()));
+        compare.range_end = prefix_end("r/");
+        assert!(store.txn(&TxnRequest { compare: vec![compare.clone()], ..Default::default() }).unwrap().succeeded);
+        store.put(&put("r/c", "2")).unwrap();
+        assert!(!store.txn(&TxnRequest { compare: vec![compare], ..Default::default() }).unwrap().succeeded);
+    }
+
+    #[test]
+    fn txn_duplicate_keys_are_refused_and_change_nothing() {
+        let mut store = Mvcc::new();
+        let txn = TxnRequest { success: vec![op_put("a", "1"), op_put("a", "2")], ..Default::default() };
+        assert_eq!(store.txn(&txn), Err(MvccError::DuplicateKey));
+        let txn = TxnRequest {
+            success: vec![
+                RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                        key: "a".into(),
+                        range_end: "c".into(),
+                        prev_kv: false,
+                    })),
+                },
+                op_put("b", "1"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(store.txn(&txn), Err(MvccError::DuplicateKey));
+        assert_eq!(store.revision(), 1);
+        // A failing put in the branch leaves no partial writes.
+        let txn = TxnRequest {
+            success: vec![op_put("x", "1"), RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { lease: 5, ..put("y", "1") })) }],
+            ..Default::default()
+        };
+        assert_eq!(store.txn(&txn), Err(MvccError::LeaseNotFound));
+        assert_eq!(get(&store, "x"), None);
+        assert_eq!(store.revision(), 1);
+    }
+
+    #[test]
+    fn nested_compares_see_the_start_state_and_reads_see_own_writes() {
+        let mut store = Mvcc::new();
+        // etcd decides nested compares before running any op: "a" is still
+        // missing (version 0) although the outer branch puts it first.
+        let nested = TxnRequest {
+            compare: vec![cmp("a", compare::CompareTarget::Version, compare::CompareResult::Equal, compare::TargetUnion::Version(0))],
+            success: vec![op_put("b", "from-nested")],
+            failure: vec![],
+        };
+        let txn = TxnRequest {
+            success: vec![
+                op_put("a", "1"),
+                RequestOp { request: Some(request_op::Request::RequestTxn(nested)) },
+                RequestOp { request: Some(request_op::Request::RequestRange(RangeRequest { key: "b".into(), ..Default::default() })) },
+            ],
+            ..Default::default()
+        };
+        let response = store.txn(&txn).unwrap();
+        assert_eq!(store.revision(), 2);
+        match &response.responses[1].response {
+            Some(response_op::Response::ResponseTxn(inner)) => assert!(inner.succeeded),
+            other => panic!("unexpected {other:?}"),
+        }
+        match &response.responses[2].response {
+            Some(response_op::Response::ResponseRange(range)) => assert_eq!(range.kvs[0].value, b"from-nested"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(get(&store, "b").unwrap().mod_revision, 2);
+    }
+
+    #[test]
+    fn op_count_includes_nested() {
+        let inner = TxnRequest { success: vec![op_put("a", "1"), op_put("b", "1")], ..Default::default() };
+        let outer = TxnRequest {
+            success: vec![op_put("c", "1"), RequestOp { request: Some(request_op::Request::RequestTxn(inner)) }],
+            ..Default::default()
+        };
+        assert_eq!(txn_op_count(&outer), 4);
+    }
+
+    #[test]
+    fn snapshot_roundtrip_preserves_everything() {
+        let mut store = Mvcc::new();
+        store.put(&put("a", "1")).unwrap();
+        store.put(&put("a", "2")).unwrap();
+        store.delete_range(&delete("a")).unwrap();
+        store.put(&put("b", "1")).unwrap();
+        store.compact(&CompactionRequest { revision: 3, physical: false }).unwrap();
+        let bytes = bincode::serde::encode_to_vec(&store, bincode::config::standard()).unwrap();
+        let (restored, _): (Mvcc, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(restored, store);
+    }
+}

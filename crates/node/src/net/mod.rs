@@ -1,0 +1,3 @@
+//! Networking: the injected transport every socket goes through.
+
+pub mod transport;

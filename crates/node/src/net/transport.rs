@@ -1,0 +1,111 @@
+//! Dialing and listening, injected.
+//!
+//! Every socket the node opens goes through a [`Transport`], so the same node
+//! code runs on real TCP and on the simulator's network (turmoil), where the
+//! simulator can partition, delay and drop. The gRPC servers accept from a
+//! [`Listener`] and the gRPC clients dial through [`Transport::dial`].
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A byte stream: a TCP connection or a simulated one.
+pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A boxed connection, usable by tonic's server (`Connected`) and client.
+pub struct BoxedConnection(pub Box<dyn Connection>);
+
+impl AsyncRead for BoxedConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BoxedConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for BoxedConnection {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+/// Accepted connections, as a stream tonic's `serve_with_incoming` takes.
+pub type Listener = Pin<Box<dyn Stream<Item = io::Result<BoxedConnection>> + Send>>;
+
+/// Opens connections and listening sockets.
+pub trait Transport: Send + Sync + 'static {
+    /// Connect to `address` ("host:port").
+    fn dial(&self, address: String) -> BoxFuture<io::Result<BoxedConnection>>;
+    /// Listen on `address`; returns the bound address (port 0 picks one) and the
+    /// stream of accepted connections.
+    fn listen(&self, address: SocketAddr) -> BoxFuture<io::Result<(SocketAddr, Listener)>>;
+}
+
+/// Real TCP, with Nagle off (Raft and gRPC send small latency-bound frames).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpTransport;
+
+impl Transport for TcpTransport {
+    fn dial(&self, address: String) -> BoxFuture<io::Result<BoxedConnection>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            Ok(BoxedConnection(Box::new(stream)))
+        })
+    }
+
+    fn listen(&self, address: SocketAddr) -> BoxFuture<io::Result<(SocketAddr, Listener)>> {
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            let bound = listener.local_addr()?;
+            let incoming = futures::stream::unfold(listener, |listener| async move {
+                let accepted = listener.accept().await.and_then(|(stream, _)| {
+                    stream.set_nodelay(true)?;
+                    Ok(BoxedConnection(Box::new(stream)))
+                });
+                Some((accepted, listener))
+            });
+            Ok((bound, Box::pin(incoming) as Listener))
+        })
+    }
+}
+
+/// Build a lazily connecting gRPC channel to `address` through `transport`.
+/// The channel reconnects by itself after a failure.
+pub fn channel(transport: Arc<dyn Transport>, address: &str) -> tonic::transport::Channel {
+    let target = address.to_string();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("a host:port is a valid URI")
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_timeout(std::time::Duration::from_secs(5));
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+        let transport = transport.clone();
+        let target = target.clone();
+        async move {
+            let connection = transport.dial(target).await?;
+            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(connection))
+        }
+    }))
+}

@@ -1,0 +1,289 @@
+//! Assembling a node: identity, storage, the `meta` Raft group, the servers.
+//!
+//! [`start`] takes everything with side effects from its caller (the
+//! transport and the storage engine), so the simulator runs this same code on
+//! simulated hosts with an in-memory engine.
+//!
+//! ## Identity
+//! - Bootstrapping (`--initial-cluster-state new`, empty data dir): every member
+//!   derives each member's id from the cluster token and the member's name, so
+//!   all agree without talking; each calls openraft's `initialize` with the
+//!   same membership (openraft accepts that on every node).
+//! - Joining (`existing`, empty data dir, after `member add`): the node asks
+//!   the members listed in `--initial-cluster` for the member list and finds
+//!   its id by its advertised peer URL, as etcd does.
+//! - Restarting (the data dir holds an identity): `--initial-cluster*` is
+//!   ignored; the membership comes from the node's own log and snapshot.
+//!
+//! Once a leader exists, the node publishes its name and client URLs into the
+//! `meta` state (etcd's "publish"), which is what `member list` shows.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::Raft;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zongheng_proto::etcdserverpb::cluster_server::ClusterServer;
+use zongheng_proto::etcdserverpb::kv_server::KvServer;
+use zongheng_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use zongheng_proto::peer::peer_server::PeerServer;
+use zongheng_proto::peer::MembersRequest;
+use zongheng_storage::{Durability, Engine, Key, WriteBatch};
+
+use crate::config::{ClusterState, NodeConfig};
+use crate::meta::group::member_id;
+use crate::meta::{MetaApp, MetaCommand, MetaGroup};
+use crate::net::transport::Transport;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{NetworkFactory, PeerPool, PEER_MESSAGE_BYTES_MAX};
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::{codec, url_host_port, PeerNode, META_GROUP};
+use crate::server::etcd::{EtcdServices, GRPC_OVERHEAD_BYTES};
+use crate::server::peer::PeerService;
+
+/// How long a joining node keeps asking the cluster for its member id.
+const JOIN_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between publish or discovery attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Storage(#[from] zongheng_storage::StorageError),
+    #[error("cannot listen on {address}: {source} (is another process using the port?)")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("joining the cluster: {0}")]
+    Join(String),
+    #[error("the data dir belongs to member {stored:?}, not {configured:?}; use the right --name or another --data-dir")]
+    WrongDataDir { stored: String, configured: String },
+}
+
+/// Who this node is, persisted on first start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Identity {
+    name: String,
+    node_id: u64,
+    cluster_id: u64,
+}
+
+const IDENTITY_KEY: &str = "identity";
+
+/// A running node.
+pub struct NodeHandle {
+    pub node_id: u64,
+    pub client_address: SocketAddr,
+    pub peer_address: SocketAddr,
+    pub meta: Arc<MetaGroup>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stop serving, then stop Raft (flushing what it holds). Followers elect
+    /// a new leader after an election timeout if this node led.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Err(error) = self.meta.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+}
+
+fn cluster_id_for(token: &str, members: &BTreeMap<u64, PeerNode>) -> u64 {
+    let ids: Vec<String> = members.keys().map(|id| format!("{id:016x}")).collect();
+    member_id(&format!("cluster/{token}/{}", ids.join(",")), 0)
+}
+
+fn bootstrap_members(config: &NodeConfig) -> BTreeMap<u64, PeerNode> {
+    config
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| {
+            (member_id(&format!("member/{}/{name}", config.initial_cluster_token), 0), PeerNode { name: name.clone(), peer_urls: urls.clone() })
+        })
+        .collect()
+}
+
+fn read_identity(engine: &dyn Engine) -> Result<Option<Identity>, NodeError> {
+    let Some(bytes) = engine.get(&Key::Local { name: IDENTITY_KEY.into() }.encode())? else { return Ok(None) };
+    codec::decode(&bytes).map(Some).map_err(|error| NodeError::Raft(format!("stored identity is unreadable: {error}")))
+}
+
+fn write_identity(engine: &dyn Engine, identity: &Identity) -> Result<(), NodeError> {
+    let mut batch = WriteBatch::new();
+    let bytes = codec::encode(identity).map_err(|error| NodeError::Raft(error.to_string()))?;
+    batch.put(Key::Local { name: IDENTITY_KEY.into() }.encode(), bytes);
+    engine.write(batch, Durability::Sync)?;
+    Ok(())
+}
+
+/// Ask the listed members for the member list until one names this node.
+async fn discover_identity(config: &NodeConfig, pool: &PeerPool) -> Result<Identity, NodeError> {
+    let deadline = tokio::time::Instant::now() + JOIN_DISCOVERY_TIMEOUT;
+    let others: Vec<String> = config
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| **name != config.name)
+        .flat_map(|(_, urls)| urls.iter().map(|url| url_host_port(url)))
+        .collect();
+    if others.is_empty() {
+        return Err(NodeError::Join("--initial-cluster lists no other member to join through".into()));
+    }
+    let mut last_problem = String::from("no member answered");
+    loop {
+        for address in &others {
+            let mut client = pool.client(address);
+            let mut request = tonic::Request::new(MembersRequest { group_id: META_GROUP });
+            request.set_timeout(Duration::from_secs(2));
+            match client.members(request).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    let mine = reply
+                        .members
+                        .iter()
+                        .find(|member| member.peer_urls.iter().any(|url| config.advertise_peer_urls.contains(url)));
+                    match mine {
+                        Some(member) => {
+                            return Ok(Identity { name: config.name.clone(), node_id: member.id, cluster_id: reply.cluster_id })
+                        }
+                        None => {
+                            last_problem = format!(
+                                "{address} does not list a member with peer URL {}; run `member add {} --peer-urls={}` first",
+                                config.advertise_peer_urls[0], config.name, config.advertise_peer_urls[0]
+                            )
+                        }
+                    }
+                }
+                Err(status) => last_problem = format!("{address}: {}", status.message()),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError::Join(last_problem));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Start a node: open its state, start Raft and the servers.
+pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Arc<dyn Engine>) -> Result<NodeHandle, NodeError> {
+    let pool = Arc::new(PeerPool::new(transport.clone()));
+    let (identity, bootstrap) = match read_identity(&*engine)? {
+        Some(identity) => {
+            if identity.name != config.name {
+                return Err(NodeError::WrongDataDir { stored: identity.name, configured: config.name.clone() });
+            }
+            tracing::info!(node_id = format!("{:x}", identity.node_id), "restarting from the data dir; --initial-cluster is ignored");
+            (identity, None)
+        }
+        None => match config.initial_cluster_state {
+            ClusterState::New => {
+                let members = bootstrap_members(&config);
+                let node_id = member_id(&format!("member/{}/{}", config.initial_cluster_token, config.name), 0);
+                let identity = Identity { name: config.name.clone(), node_id, cluster_id: cluster_id_for(&config.initial_cluster_token, &members) };
+                (identity, Some(members))
+            }
+            ClusterState::Existing => (discover_identity(&config, &pool).await?, None),
+        },
+    };
+
+    let raft_config = config
+        .raft
+        .openraft_config(&config.initial_cluster_token)
+        .map_err(|error| NodeError::Raft(error.to_string()))?;
+    let log_store = LogStore::new(engine.clone(), META_GROUP);
+    let state_machine = StateMachineStore::<MetaApp>::open(engine.clone(), META_GROUP).map_err(|error| NodeError::Raft(error.to_string()))?;
+    let shared = state_machine.shared();
+    let network = NetworkFactory::new(pool.clone(), META_GROUP);
+    let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log_store, state_machine)
+        .await
+        .map_err(|error| NodeError::Raft(error.to_string()))?;
+    let meta = Arc::new(MetaGroup::new(identity.node_id, identity.cluster_id, raft.clone(), shared, pool.clone()));
+
+    let (shutdown, shutdown_signal) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Peer server first: peers must reach us before we take part in elections.
+    let (peer_address, peer_listener) =
+        transport.listen(config.listen_peer).await.map_err(|source| NodeError::Listen { address: config.listen_peer, source })?;
+    let peer_service = PeerServer::new(PeerService::new(meta.clone()))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let mut signal = shutdown_signal.clone();
+    tasks.push(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(peer_service)
+            .serve_with_incoming_shutdown(peer_listener, async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "peer server failed");
+        }
+    }));
+
+    let (client_address, client_listener) =
+        transport.listen(config.listen_client).await.map_err(|source| NodeError::Listen { address: config.listen_client, source })?;
+    let services = EtcdServices::new(meta.clone(), config.limits.clone(), engine.clone());
+    let max_message = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let mut signal = shutdown_signal.clone();
+    tasks.push(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(KvServer::new(services.clone()).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX))
+            .add_service(ClusterServer::new(services.clone()).max_decoding_message_size(max_message))
+            .add_service(MaintenanceServer::new(services).max_decoding_message_size(max_message))
+            .serve_with_incoming_shutdown(client_listener, async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "client server failed");
+        }
+    }));
+
+    if let Some(members) = bootstrap {
+        write_identity(&*engine, &identity)?;
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!("bootstrapped a new cluster"),
+            // Another member's messages got here first: already initialized.
+            Err(error) => tracing::info!(%error, "cluster already initialized"),
+        }
+    } else {
+        write_identity(&*engine, &identity)?;
+    }
+
+    tasks.push(tokio::spawn(publish_attributes(meta.clone(), config.name.clone(), config.advertise_client_urls.clone(), shutdown_signal)));
+    tracing::info!(name = config.name, node_id = format!("{:x}", identity.node_id), %client_address, %peer_address, "node started");
+    Ok(NodeHandle { node_id: identity.node_id, client_address, peer_address, meta, shutdown, tasks })
+}
+
+/// Record this member's name and client URLs in `meta` once a leader exists,
+/// and again whenever they differ from what is recorded.
+async fn publish_attributes(meta: Arc<MetaGroup>, name: String, client_urls: Vec<String>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let published = meta.read(|app| app.members.get(&meta.node_id).cloned());
+        let current = published.is_some_and(|attributes| attributes.name == name && attributes.client_urls == client_urls);
+        if current {
+            return;
+        }
+        let command = MetaCommand::PublishMember { id: meta.node_id, name: name.clone(), client_urls: client_urls.clone() };
+        tokio::select! {
+            result = meta.write(command) => match result {
+                Ok(_) => return,
+                Err(error) => tracing::debug!(%error, "publishing member attributes; will retry"),
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}

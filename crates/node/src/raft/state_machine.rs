@@ -1,0 +1,251 @@
+//! openraft's state machine, generic over what is applied.
+//!
+//! An [`Application`] is a deterministic function from committed commands to
+//! responses, plus a way to serialize its whole state. [`StateMachineStore`]
+//! wraps one with what openraft needs: the last applied log id and membership,
+//! building, persisting, sending and installing snapshots. The `meta` store is
+//! one application; the data store's partitions will be another, on the same
+//! code.
+//!
+//! ## Durability
+//! The application state lives in memory. What makes it durable is the log
+//! (fsynced on append) plus the last snapshot, persisted in the engine with
+//! `Durability::Sync` before openraft is told it exists (and so before the log
+//! behind it can be purged). On restart the store loads the snapshot, and
+//! openraft re-applies the committed log after it.
+//!
+//! ## Determinism
+//! `apply` must not read clocks, randomness or local configuration. A command
+//! that cannot be applied is answered with an error response, the same on
+//! every replica; an internal inconsistency panics and stops the node rather
+//! than letting replicas diverge.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogId, RaftSnapshotBuilder, RaftTypeConfig, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use zongheng_storage::{Durability, Engine, Key, WriteBatch};
+
+use super::codec;
+
+/// Bytes per stored snapshot chunk (each is one engine value).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// A deterministic replicated application.
+pub trait Application: Default + Send + Sync + 'static {
+    type Config: RaftTypeConfig;
+
+    /// Apply one committed command at `log_id`.
+    fn apply(&mut self, log_id: &LogId<<Self::Config as RaftTypeConfig>::NodeId>, command: &<Self::Config as RaftTypeConfig>::D) -> <Self::Config as RaftTypeConfig>::R;
+
+    /// The response to a log entry that carries no command (blank or
+    /// membership entries).
+    fn empty_response() -> <Self::Config as RaftTypeConfig>::R;
+
+    /// Serialize the whole state.
+    fn to_snapshot(&self) -> Result<Vec<u8>, codec::CodecError>;
+
+    /// Rebuild from [`Application::to_snapshot`] bytes.
+    fn from_snapshot(bytes: &[u8]) -> Result<Self, codec::CodecError>;
+}
+
+type NodeIdOf<A> = <<A as Application>::Config as RaftTypeConfig>::NodeId;
+type NodeOf<A> = <<A as Application>::Config as RaftTypeConfig>::Node;
+
+/// The application plus what openraft must know about it. Readers share it
+/// through [`StateMachineStore::shared`].
+pub struct Applied<A: Application> {
+    pub app: A,
+    pub last_applied: Option<LogId<NodeIdOf<A>>>,
+    pub last_membership: StoredMembership<NodeIdOf<A>, NodeOf<A>>,
+}
+
+impl<A: Application> Default for Applied<A> {
+    fn default() -> Self {
+        Self { app: A::default(), last_applied: None, last_membership: StoredMembership::default() }
+    }
+}
+
+pub type Shared<A> = Arc<RwLock<Applied<A>>>;
+
+/// What a stored snapshot's bytes decode to (besides the application).
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct SnapshotEnvelope<A: Application> {
+    meta: SnapshotMeta<NodeIdOf<A>, NodeOf<A>>,
+    chunks: u32,
+    total_bytes: u64,
+}
+
+pub struct StateMachineStore<A: Application> {
+    shared: Shared<A>,
+    engine: Arc<dyn Engine>,
+    group: u64,
+}
+
+impl<A: Application> StateMachineStore<A>
+where
+    A::Config: RaftTypeConfig<Entry = Entry<A::Config>, SnapshotData = Cursor<Vec<u8>>>,
+{
+    /// Open the state machine of `group`, restoring the last persisted
+    /// snapshot if there is one.
+    pub fn open(engine: Arc<dyn Engine>, group: u64) -> Result<Self, StorageError<NodeIdOf<A>>> {
+        let store = Self { shared: Arc::new(RwLock::new(Applied::default())), engine, group };
+        if let Some((meta, data)) = store.read_snapshot()? {
+            let app = A::from_snapshot(&data).map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+            let mut applied = store.shared.write().expect("state machine lock poisoned");
+            applied.app = app;
+            applied.last_applied = meta.last_log_id.clone();
+            applied.last_membership = meta.last_membership.clone();
+        }
+        Ok(store)
+    }
+
+    pub fn shared(&self) -> Shared<A> {
+        self.shared.clone()
+    }
+
+    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta<NodeIdOf<A>, NodeOf<A>>, Vec<u8>)>, StorageError<NodeIdOf<A>>> {
+        let read_error = |error: &dyn std::error::Error| {
+            StorageError::from(StorageIOError::read_snapshot(None, &std::io::Error::other(error.to_string())))
+        };
+        let Some(bytes) = self.engine.get(&Key::SnapshotMeta { group: self.group }.encode()).map_err(|e| read_error(&e))? else {
+            return Ok(None);
+        };
+        let envelope: SnapshotEnvelope<A> = codec::decode(&bytes).map_err(|e| read_error(&e))?;
+        let mut data = Vec::with_capacity(envelope.total_bytes as usize);
+        for chunk in 0..envelope.chunks {
+            let key = Key::SnapshotChunk { group: self.group, chunk }.encode();
+            let part = self.engine.get(&key).map_err(|e| read_error(&e))?.ok_or_else(|| {
+                read_error(&std::io::Error::other(format!("snapshot chunk {chunk} of group {} is missing", self.group)))
+            })?;
+            data.extend_from_slice(&part);
+        }
+        if data.len() as u64 != envelope.total_bytes {
+            return Err(read_error(&std::io::Error::other("snapshot length does not match its envelope")));
+        }
+        Ok(Some((envelope.meta, data)))
+    }
+
+    /// Persist a snapshot, fsynced, replacing the previous one atomically.
+    fn write_snapshot(
+        engine: &dyn Engine,
+        group: u64,
+        meta: &SnapshotMeta<NodeIdOf<A>, NodeOf<A>>,
+        data: &[u8],
+    ) -> Result<(), StorageError<NodeIdOf<A>>> {
+        let write_error = |error: &dyn std::error::Error| {
+            StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &std::io::Error::other(error.to_string())))
+        };
+        let chunks: Vec<&[u8]> = if data.is_empty() { vec![] } else { data.chunks(SNAPSHOT_CHUNK_BYTES).collect() };
+        let envelope = SnapshotEnvelope::<A> { meta: meta.clone(), chunks: chunks.len() as u32, total_bytes: data.len() as u64 };
+        let mut batch = WriteBatch::new();
+        let (start, end) = Key::snapshot_chunk_range(group);
+        batch.delete_range(start..end);
+        for (index, chunk) in chunks.iter().enumerate() {
+            batch.put(Key::SnapshotChunk { group, chunk: index as u32 }.encode(), chunk.to_vec());
+        }
+        batch.put(Key::SnapshotMeta { group }.encode(), codec::encode(&envelope).map_err(|e| write_error(&e))?);
+        engine.write(batch, Durability::Sync).map_err(|e| write_error(&e))
+    }
+}
+
+/// Builds a snapshot of the current state.
+pub struct SnapshotBuilder<A: Application> {
+    shared: Shared<A>,
+    engine: Arc<dyn Engine>,
+    group: u64,
+}
+
+impl<A: Application> RaftSnapshotBuilder<A::Config> for SnapshotBuilder<A>
+where
+    A::Config: RaftTypeConfig<Entry = Entry<A::Config>, SnapshotData = Cursor<Vec<u8>>>,
+{
+    async fn build_snapshot(&mut self) -> Result<Snapshot<A::Config>, StorageError<NodeIdOf<A>>> {
+        let (data, last_applied, last_membership) = {
+            let applied = self.shared.read().expect("state machine lock poisoned");
+            let data = applied.app.to_snapshot().map_err(|error| StorageIOError::read_state_machine(&error))?;
+            (data, applied.last_applied.clone(), applied.last_membership.clone())
+        };
+        let snapshot_id = match &last_applied {
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, data.len()),
+            None => format!("empty-{}", data.len()),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id };
+        StateMachineStore::<A>::write_snapshot(&*self.engine, self.group, &meta, &data)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl<A: Application> RaftStateMachine<A::Config> for StateMachineStore<A>
+where
+    A::Config: RaftTypeConfig<Entry = Entry<A::Config>, SnapshotData = Cursor<Vec<u8>>>,
+{
+    type SnapshotBuilder = SnapshotBuilder<A>;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeIdOf<A>>>, StoredMembership<NodeIdOf<A>, NodeOf<A>>), StorageError<NodeIdOf<A>>> {
+        let applied = self.shared.read().expect("state machine lock poisoned");
+        Ok((applied.last_applied.clone(), applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<<A::Config as RaftTypeConfig>::R>, StorageError<NodeIdOf<A>>>
+    where
+        I: IntoIterator<Item = <A::Config as RaftTypeConfig>::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self.shared.write().expect("state machine lock poisoned");
+        let mut responses = Vec::new();
+        for entry in entries {
+            let log_id = entry.get_log_id().clone();
+            if let Some(last) = &applied.last_applied {
+                assert!(log_id.index > last.index, "applying {log_id} after {last}: the log went backwards");
+            }
+            applied.last_applied = Some(log_id.clone());
+            let response = match &entry.payload {
+                EntryPayload::Blank => A::empty_response(),
+                EntryPayload::Normal(command) => applied.app.apply(&log_id, command),
+                EntryPayload::Membership(membership) => {
+                    applied.last_membership = StoredMembership::new(Some(log_id.clone()), membership.clone());
+                    A::empty_response()
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: self.shared.clone(), engine: self.engine.clone(), group: self.group }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeIdOf<A>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeIdOf<A>, NodeOf<A>>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeIdOf<A>>> {
+        let data = snapshot.into_inner();
+        let app = A::from_snapshot(&data).map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        // Durable first: once installed, openraft may purge the log behind it.
+        Self::write_snapshot(&*self.engine, self.group, meta, &data)?;
+        let mut applied = self.shared.write().expect("state machine lock poisoned");
+        applied.app = app;
+        applied.last_applied = meta.last_log_id.clone();
+        applied.last_membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<A::Config>>, StorageError<NodeIdOf<A>>> {
+        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}

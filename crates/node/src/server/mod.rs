@@ -1,0 +1,6 @@
+//! The node's gRPC services: the etcd v3 API for clients ([`etcd`]) and the
+//! peer service between nodes ([`peer`]), on separate listeners.
+
+pub mod etcd;
+pub mod peer;
+pub mod status;

@@ -1,0 +1,104 @@
+//! The peer service: Raft messages, forwarded writes, read-index and member
+//! discovery between nodes. Requests name their Raft group; today only the
+//! `meta` group exists, and an unknown group is refused with `NotFound`.
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use zongheng_proto::peer::peer_server::Peer;
+use zongheng_proto::peer::{
+    ForwardReply, ForwardRequest, MembersReply, MembersRequest, PeerMember, RaftKind, RaftReply, RaftRequest,
+    ReadIndexReply, ReadIndexRequest,
+};
+
+use crate::meta::group::{LeaderCall, REQUEST_TIMEOUT};
+use crate::meta::{MetaError, MetaGroup, MetaRaftConfig};
+use crate::raft::{codec, META_GROUP};
+
+pub struct PeerService {
+    meta: Arc<MetaGroup>,
+}
+
+impl PeerService {
+    pub fn new(meta: Arc<MetaGroup>) -> Self {
+        Self { meta }
+    }
+
+    fn group(&self, group_id: u64) -> Result<&MetaGroup, Status> {
+        if group_id == META_GROUP {
+            Ok(&self.meta)
+        } else {
+            Err(Status::not_found(format!("zongheng: unknown raft group {group_id}")))
+        }
+    }
+}
+
+fn bad_payload(error: codec::CodecError) -> Status {
+    Status::invalid_argument(format!("zongheng: undecodable peer payload: {error}"))
+}
+
+fn encode_reply<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    codec::encode(value).map_err(|error| Status::internal(format!("zongheng: cannot encode reply: {error}")))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.group(request.group_id)?;
+        let kind = RaftKind::try_from(request.kind).unwrap_or(RaftKind::Unspecified);
+        let payload = match kind {
+            RaftKind::AppendEntries => {
+                let rpc: AppendEntriesRequest<MetaRaftConfig> = codec::decode(&request.payload).map_err(bad_payload)?;
+                encode_reply(&group.raft.append_entries(rpc).await)?
+            }
+            RaftKind::Vote => {
+                let rpc: VoteRequest<u64> = codec::decode(&request.payload).map_err(bad_payload)?;
+                encode_reply(&group.raft.vote(rpc).await)?
+            }
+            RaftKind::InstallSnapshot => {
+                let rpc: InstallSnapshotRequest<MetaRaftConfig> = codec::decode(&request.payload).map_err(bad_payload)?;
+                encode_reply(&group.raft.install_snapshot(rpc).await)?
+            }
+            RaftKind::Unspecified => return Err(Status::invalid_argument("zongheng: raft message kind not set")),
+        };
+        Ok(Response::new(RaftReply { payload }))
+    }
+
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+        let request = request.into_inner();
+        let group = self.group(request.group_id)?;
+        let call: LeaderCall = codec::decode(&request.payload).map_err(bad_payload)?;
+        let result = if group.is_leader() {
+            group.execute_on_leader(call, Instant::now() + REQUEST_TIMEOUT).await
+        } else {
+            Err(MetaError::NotLeader { leader: group.current_leader() })
+        };
+        Ok(Response::new(ForwardReply { payload: encode_reply(&result)? }))
+    }
+
+    async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+        let group = self.group(request.into_inner().group_id)?;
+        match group.read_index_local().await {
+            Ok(read_index) => Ok(Response::new(ReadIndexReply {
+                read_index,
+                leader_id: group.node_id,
+                term: group.raft.metrics().borrow().current_term,
+            })),
+            Err(MetaError::NotLeader { .. }) => Err(Status::failed_precondition("zongheng: not the leader")),
+            Err(error) => Err(Status::unavailable(format!("zongheng: read index: {error}"))),
+        }
+    }
+
+    async fn members(&self, request: Request<MembersRequest>) -> Result<Response<MembersReply>, Status> {
+        let group = self.group(request.into_inner().group_id)?;
+        let members = group
+            .members()
+            .into_iter()
+            .map(|member| PeerMember { id: member.id, name: member.name, peer_urls: member.peer_urls, is_learner: member.is_learner })
+            .collect();
+        Ok(Response::new(MembersReply { cluster_id: group.cluster_id, members, leader_id: group.current_leader().unwrap_or(0) }))
+    }
+}
