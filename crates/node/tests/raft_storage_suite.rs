@@ -1,0 +1,47 @@
+//! openraft's own storage conformance suite, run against our log store and
+//! state machine on both engines. It checks what openraft relies on: log
+//! state after appends, truncation and purges, vote persistence, membership
+//! recovery from log and snapshot, snapshot install and re-apply of
+//! committed entries.
+
+use std::sync::Arc;
+
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+use zongheng::meta::{MetaApp, MetaRaftConfig};
+use zongheng::raft::log_store::LogStore;
+use zongheng::raft::state_machine::StateMachineStore;
+use zongheng::raft::META_GROUP;
+use zongheng_storage::{Engine, MemEngine, RedbEngine};
+
+type Log = LogStore<MetaRaftConfig>;
+type Machine = StateMachineStore<MetaApp>;
+
+struct MemBuilder;
+
+impl StoreBuilder<MetaRaftConfig, Log, Machine, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), Log, Machine), StorageError<u64>> {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        Ok(((), LogStore::new(engine.clone(), META_GROUP), StateMachineStore::open(engine, META_GROUP)?))
+    }
+}
+
+struct RedbBuilder;
+
+impl StoreBuilder<MetaRaftConfig, Log, Machine, tempfile::TempDir> for RedbBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, Log, Machine), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine: Arc<dyn Engine> = Arc::new(RedbEngine::open(dir.path().join("db.redb")).expect("open redb"));
+        Ok((dir, LogStore::new(engine.clone(), META_GROUP), StateMachineStore::open(engine, META_GROUP)?))
+    }
+}
+
+#[test]
+fn openraft_suite_on_the_memory_engine() {
+    Suite::test_all(MemBuilder).unwrap();
+}
+
+#[test]
+fn openraft_suite_on_redb() {
+    Suite::test_all(RedbBuilder).unwrap();
+}
