@@ -391,9 +391,8 @@ impl Mvcc {
         Ok(all_true)
     }
 
-    /// etcd's rule: a compare over a range holds only if it holds for every key
-    /// in the range; a compare on a single missing key sees a zero KeyValue
-    /// (version 0, revisions 0, empty value, lease 0).
+    /// etcd's rule: a compare over a range holds only if it holds for every
+    /// live key in the range.
     fn evaluate_compare(&self, compare: &Compare) -> Result<bool, MvccError> {
         let target = compare::CompareTarget::try_from(compare.target)
             .map_err(|_| MvccError::InvalidCompare(format!("unknown compare target {}", compare.target)))?;
@@ -438,7 +437,14 @@ impl Mvcc {
                 }
             }
         }
-        if !seen_any && matches!(range.end, RangeEnd::Single) {
+        if !seen_any {
+            // etcd's rule for a key or range with no live key: a value compare
+            // fails (there is no value to compare), any other compare sees a
+            // zero KeyValue (version 0, revisions 0, lease 0). A malformed
+            // range (end before start) is an empty range.
+            if target == compare::CompareTarget::Value {
+                return Ok(false);
+            }
             return Ok(compare_one(result, union, &KeyValue::default(), &[]));
         }
         Ok(true)
@@ -972,6 +978,15 @@ mod tests {
         // A missing key compares as version 0 / create revision 0.
         assert!(check(&mut store, cmp("zz", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))));
         assert!(check(&mut store, cmp("zz", CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(0))));
+        // ... but a value compare on a missing key always fails, even "!=".
+        assert!(!check(&mut store, cmp("zz", CompareTarget::Value, CompareResult::NotEqual, TargetUnion::Value("x".into()))));
+        // A malformed range (end before start) holds no key: same rules.
+        let mut malformed = cmp("b", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0));
+        malformed.range_end = "a".into();
+        assert!(check(&mut store, malformed.clone()));
+        malformed.target = CompareTarget::Value as i32;
+        malformed.target_union = Some(TargetUnion::Value("1".into()));
+        assert!(!check(&mut store, malformed));
         // A mismatched target and value is refused.
         let bad = cmp("a", CompareTarget::Version, CompareResult::Equal, TargetUnion::Value("1".into()));
         assert!(matches!(store.txn(&TxnRequest { compare: vec![bad], ..Default::default() }), Err(MvccError::InvalidCompare(_))));
