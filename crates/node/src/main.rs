@@ -46,8 +46,10 @@ async fn run_node(args: zongheng::config::NodeArgs) -> anyhow::Result<()> {
         .map_err(|error| anyhow::anyhow!("cannot create --data-dir {}: {error}", config.data_dir.display()))?;
     let engine = zongheng_storage::RedbEngine::open(config.data_dir.join("zongheng.redb"))?;
     let node = zongheng::node::start(config, Arc::new(TcpTransport), Arc::new(engine)).await?;
-    wait_for_termination().await;
-    tracing::info!("shutting down");
+    tokio::select! {
+        _ = wait_for_termination() => tracing::info!("shutting down"),
+        _ = node.removed() => tracing::warn!("removed from the cluster; shutting down"),
+    }
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -80,10 +80,18 @@ pub struct NodeHandle {
     pub peer_address: SocketAddr,
     pub meta: Arc<MetaGroup>,
     shutdown: watch::Sender<bool>,
+    removed: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl NodeHandle {
+    /// Resolves once this member has been removed from the cluster (it then
+    /// has nothing left to do; etcd exits in that case too).
+    pub async fn removed(&self) {
+        let mut removed = self.removed.clone();
+        let _ = removed.wait_for(|removed| *removed).await;
+    }
+
     /// Stop serving, then stop Raft (flushing what it holds). Followers elect
     /// a new leader after an election timeout if this node led.
     pub async fn shutdown(self) {
@@ -201,7 +209,9 @@ pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Ar
     let log_store = LogStore::new(engine.clone(), META_GROUP);
     let state_machine = StateMachineStore::<MetaApp>::open(engine.clone(), META_GROUP).map_err(|error| NodeError::Raft(error.to_string()))?;
     let shared = state_machine.shared();
-    let network = NetworkFactory::new(pool.clone(), META_GROUP);
+    let (removed_sender, removed) = watch::channel(false);
+    let removed_sender = Arc::new(removed_sender);
+    let network = NetworkFactory::new(pool.clone(), META_GROUP, removed_sender.clone());
     let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log_store, state_machine)
         .await
         .map_err(|error| NodeError::Raft(error.to_string()))?;
@@ -259,9 +269,10 @@ pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Ar
         write_identity(&*engine, &identity)?;
     }
 
-    tasks.push(tokio::spawn(publish_attributes(meta.clone(), config.name.clone(), config.advertise_client_urls.clone(), shutdown_signal)));
+    tasks.push(tokio::spawn(publish_attributes(meta.clone(), config.name.clone(), config.advertise_client_urls.clone(), shutdown_signal.clone())));
+    tasks.push(tokio::spawn(watch_removal(meta.clone(), removed_sender, shutdown_signal)));
     tracing::info!(name = config.name, node_id = format!("{:x}", identity.node_id), %client_address, %peer_address, "node started");
-    Ok(NodeHandle { node_id: identity.node_id, client_address, peer_address, meta, shutdown, tasks })
+    Ok(NodeHandle { node_id: identity.node_id, client_address, peer_address, meta, shutdown, removed, tasks })
 }
 
 /// Record this member's name and client URLs in `meta` once a leader exists,
@@ -283,6 +294,31 @@ async fn publish_attributes(meta: Arc<MetaGroup>, name: String, client_urls: Vec
         }
         tokio::select! {
             _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Report when a membership that once included this node no longer does
+/// (the network layer also reports it, when the leader says so).
+async fn watch_removal(meta: Arc<MetaGroup>, removed: Arc<watch::Sender<bool>>, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = meta.raft.metrics();
+    let mut was_member = false;
+    loop {
+        let is_member = {
+            let current = metrics.borrow_and_update();
+            let membership = current.membership_config.membership();
+            membership.get_node(&meta.node_id).is_some()
+        };
+        if is_member {
+            was_member = true;
+        } else if was_member {
+            tracing::warn!(node_id = format!("{:x}", meta.node_id), "this member was removed from the cluster");
+            let _ = removed.send(true);
+            return;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }

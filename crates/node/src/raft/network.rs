@@ -74,11 +74,14 @@ impl PeerPool {
 pub struct NetworkFactory {
     pool: Arc<PeerPool>,
     group: u64,
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl NetworkFactory {
-    pub fn new(pool: Arc<PeerPool>, group: u64) -> Self {
-        Self { pool, group }
+    /// `removed` is set when a leader answers that this node was removed
+    /// from the group.
+    pub fn new(pool: Arc<PeerPool>, group: u64, removed: Arc<tokio::sync::watch::Sender<bool>>) -> Self {
+        Self { pool, group, removed }
     }
 }
 
@@ -92,7 +95,7 @@ where
     async fn new_client(&mut self, target: C::NodeId, node: &C::Node) -> Self::Network {
         let address = node.peer_address();
         let client = address.as_deref().map(|address| self.pool.client(address));
-        PeerConnection { target, address, client, group: self.group }
+        PeerConnection { target, address, client, group: self.group, removed: self.removed.clone() }
     }
 }
 
@@ -102,6 +105,7 @@ pub struct PeerConnection<C: RaftTypeConfig> {
     address: Option<String>,
     client: Option<PeerClient<Channel>>,
     group: u64,
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Why a peer call failed before the peer's Raft answered.
@@ -141,6 +145,13 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
             }
             Ok(Err(status)) => {
                 let address = self.address.clone().unwrap_or_default();
+                let removed = status
+                    .metadata()
+                    .get(crate::server::status::ERROR_CODE_METADATA)
+                    .is_some_and(|code| code == crate::server::peer::MEMBER_REMOVED_CODE);
+                if removed {
+                    let _ = self.removed.send(true);
+                }
                 return Err(match status.code() {
                     tonic::Code::Unavailable => CallError::Unreachable { target, address, message: status.message().to_string() },
                     _ => CallError::Network { target, message: format!("{}: {}", status.code(), status.message()) },

@@ -35,6 +35,28 @@ impl PeerService {
     }
 }
 
+/// The leader tells a node it removed from the group so, when that node
+/// asks for votes or acts as a leader: the removed node then stops (as etcd's
+/// removed members do) instead of disrupting the cluster with elections. Only
+/// the leader answers this way: its membership is the newest, so a node that
+/// was just added is never told it was removed.
+fn refuse_removed(group: &MetaGroup, sender: Option<u64>) -> Result<(), Status> {
+    let Some(sender) = sender else { return Ok(()) };
+    if !group.is_leader() {
+        return Ok(());
+    }
+    let metrics = group.raft.metrics();
+    let metrics = metrics.borrow();
+    if metrics.membership_config.membership().get_node(&sender).is_some() {
+        return Ok(());
+    }
+    Err(crate::server::status::status(tonic::Code::FailedPrecondition, MEMBER_REMOVED_MESSAGE, MEMBER_REMOVED_CODE))
+}
+
+/// What the leader answers a removed member (see [`refuse_removed`]).
+pub const MEMBER_REMOVED_MESSAGE: &str = "zongheng: this member was removed from the cluster";
+pub const MEMBER_REMOVED_CODE: &str = "ZH_MEMBER_REMOVED";
+
 fn bad_payload(error: codec::CodecError) -> Status {
     Status::invalid_argument(format!("zongheng: undecodable peer payload: {error}"))
 }
@@ -52,10 +74,12 @@ impl Peer for PeerService {
         let payload = match kind {
             RaftKind::AppendEntries => {
                 let rpc: AppendEntriesRequest<MetaRaftConfig> = codec::decode(&request.payload).map_err(bad_payload)?;
+                refuse_removed(group, rpc.vote.leader_id().voted_for())?;
                 encode_reply(&group.raft.append_entries(rpc).await)?
             }
             RaftKind::Vote => {
                 let rpc: VoteRequest<u64> = codec::decode(&request.payload).map_err(bad_payload)?;
+                refuse_removed(group, rpc.vote.leader_id().voted_for())?;
                 encode_reply(&group.raft.vote(rpc).await)?
             }
             RaftKind::InstallSnapshot => {
