@@ -44,6 +44,14 @@ use crate::raft::{codec, url_host_port, PeerNode, META_GROUP};
 use crate::server::etcd::{EtcdServices, GRPC_OVERHEAD_BYTES};
 use crate::server::peer::PeerService;
 
+/// Most open client connections per node (each costs buffers and a task).
+pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
+/// Most concurrent gRPC streams (requests in flight) per client connection.
+pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 1_000;
+/// Most open peer connections per node (peers keep one each; the rest is
+/// headroom for restarts and joining members).
+pub const PEER_CONNECTIONS_MAX: usize = 256;
+
 /// How long a joining node keeps asking the cluster for its member id.
 const JOIN_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between publish or discovery attempts.
@@ -223,6 +231,7 @@ pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Ar
     // Peer server first: peers must reach us before we take part in elections.
     let (peer_address, peer_listener) =
         transport.listen(config.listen_peer).await.map_err(|source| NodeError::Listen { address: config.listen_peer, source })?;
+    let peer_listener = crate::net::transport::limit_connections(peer_listener, PEER_CONNECTIONS_MAX, "peer listener");
     let peer_service = PeerServer::new(PeerService::new(meta.clone()))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
@@ -241,11 +250,13 @@ pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Ar
 
     let (client_address, client_listener) =
         transport.listen(config.listen_client).await.map_err(|source| NodeError::Listen { address: config.listen_client, source })?;
+    let client_listener = crate::net::transport::limit_connections(client_listener, CLIENT_CONNECTIONS_MAX, "client listener");
     let services = EtcdServices::new(meta.clone(), config.limits.clone(), engine.clone());
     let max_message = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
             .add_service(KvServer::new(services.clone()).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX))
             .add_service(ClusterServer::new(services.clone()).max_decoding_message_size(max_message))
             .add_service(MaintenanceServer::new(services).max_decoding_message_size(max_message))

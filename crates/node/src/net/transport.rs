@@ -109,3 +109,54 @@ pub fn channel(transport: Arc<dyn Transport>, address: &str) -> tonic::transport
         }
     }))
 }
+
+/// A connection that holds a slot of its listener's connection limit until
+/// it is dropped.
+struct CountedConnection {
+    inner: BoxedConnection,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsyncRead for CountedConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accept at most `max_connections` open connections from `listener`; a
+/// connection over the limit is closed at once (and logged), so a flood of
+/// clients cannot exhaust the node's memory or file descriptors.
+pub fn limit_connections(listener: Listener, max_connections: usize, what: &'static str) -> Listener {
+    use futures::StreamExt;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let limited = listener.filter_map(move |accepted| {
+        let slots = slots.clone();
+        async move {
+            match accepted {
+                Err(error) => Some(Err(error)),
+                Ok(connection) => match slots.try_acquire_owned() {
+                    Ok(slot) => Some(Ok(BoxedConnection(Box::new(CountedConnection { inner: connection, _slot: slot })))),
+                    Err(_) => {
+                        tracing::warn!(limit = max_connections, "{what}: connection limit reached; closing a new connection");
+                        None
+                    }
+                },
+            }
+        }
+    });
+    Box::pin(limited)
+}
