@@ -32,6 +32,9 @@ fn main() {
                 init_tracing(cli.log_level.as_deref().or(Some("warn")));
                 zongheng::cli::dev::run(args).await
             }
+            Command::Kv(args) => zongheng::cli::kv::run(args).await,
+            Command::Member(args) => zongheng::cli::member::run(args).await,
+            Command::Status(args) => zongheng::cli::status::run(args).await,
         }
     });
     if let Err(error) = result {

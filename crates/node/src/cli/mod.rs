@@ -6,11 +6,11 @@
 //! - `zongheng kv|member|status ...`: a client for people without etcdctl,
 //!   readable output by default and `--json` for scripts.
 
-
+pub mod client;
 pub mod dev;
-
-
-
+pub mod kv;
+pub mod member;
+pub mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -31,7 +31,10 @@ pub enum Command {
     Node(Box<crate::config::NodeArgs>),
     /// Start a local cluster of real node processes on loopback.
     Dev(dev::DevArgs),
-
-
-
+    /// Read and write keys (put, get, del, txn).
+    Kv(kv::KvArgs),
+    /// List, add, remove and promote members.
+    Member(member::MemberArgs),
+    /// Show each endpoint's status (leader, term, revision, index, size).
+    Status(status::StatusArgs),
 }
