@@ -106,7 +106,9 @@ pub enum ConfigError {
     BadUrl { flag: &'static str, value: String },
     #[error("--{flag} takes one URL for now; got {count}")]
     TooManyUrls { flag: &'static str, count: usize },
-    #[error("--initial-cluster {value:?}: each member is name=URL (example: n1=http://127.0.0.1:2380,n2=...); {problem}")]
+    #[error(
+        "--initial-cluster {value:?}: each member is name=URL (example: n1=http://127.0.0.1:2380,n2=...); {problem}"
+    )]
     BadInitialCluster { value: String, problem: String },
     #[error("--initial-cluster does not list this member ({name}={url}); add it or fix --name / --initial-advertise-peer-urls")]
     NotInInitialCluster { name: String, url: String },
@@ -123,27 +125,43 @@ pub enum ConfigError {
 fn parse_url(flag: &'static str, value: &str) -> Result<(String, SocketAddr), ConfigError> {
     let urls: Vec<&str> = value.split(',').map(str::trim).filter(|url| !url.is_empty()).collect();
     if urls.len() != 1 {
-        return Err(ConfigError::TooManyUrls { flag, count: urls.len() });
+        return Err(ConfigError::TooManyUrls {
+            flag,
+            count: urls.len(),
+        });
     }
     let url = urls[0];
     let address = url_host_port(url);
     let socket = address
         .parse::<SocketAddr>()
         .or_else(|_| address.replace("localhost", "127.0.0.1").parse::<SocketAddr>())
-        .map_err(|_| ConfigError::BadUrl { flag, value: url.to_string() })?;
+        .map_err(|_| ConfigError::BadUrl {
+            flag,
+            value: url.to_string(),
+        })?;
     Ok((url.to_string(), socket))
 }
 
 fn split_urls(value: &str) -> Vec<String> {
-    value.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_string).collect()
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Parse `name=url,name=url2,...` (a name may repeat to give several URLs).
 pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
-    let bad = |problem: String| ConfigError::BadInitialCluster { value: value.to_string(), problem };
+    let bad = |problem: String| ConfigError::BadInitialCluster {
+        value: value.to_string(),
+        problem,
+    };
     let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for entry in value.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
-        let (name, url) = entry.split_once('=').ok_or_else(|| bad(format!("{entry:?} has no `=`")))?;
+        let (name, url) = entry
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{entry:?} has no `=`")))?;
         if name.is_empty() {
             return Err(bad(format!("{entry:?} has an empty name")));
         }
@@ -190,9 +208,14 @@ impl NodeConfig {
     pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
         let merged = match args.config.clone() {
             Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile { path: path.clone(), source })?;
-                let file: NodeArgs =
-                    toml::from_str(&text).map_err(|error| ConfigError::ParseFile { path: path.clone(), message: error.to_string() })?;
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let file: NodeArgs = toml::from_str(&text).map_err(|error| ConfigError::ParseFile {
+                    path: path.clone(),
+                    message: error.to_string(),
+                })?;
                 args.or(file)
             }
             None => args,
@@ -206,9 +229,15 @@ impl NodeConfig {
         if name.is_empty() {
             return Err(ConfigError::EmptyName);
         }
-        let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.zongheng")));
-        let listen_client_urls = args.listen_client_urls.unwrap_or_else(|| "http://127.0.0.1:2379".to_string());
-        let listen_peer_urls = args.listen_peer_urls.unwrap_or_else(|| "http://127.0.0.1:2380".to_string());
+        let data_dir = args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.zongheng")));
+        let listen_client_urls = args
+            .listen_client_urls
+            .unwrap_or_else(|| "http://127.0.0.1:2379".to_string());
+        let listen_peer_urls = args
+            .listen_peer_urls
+            .unwrap_or_else(|| "http://127.0.0.1:2380".to_string());
         let (client_url, listen_client) = parse_url("listen-client-urls", &listen_client_urls)?;
         let (peer_url, listen_peer) = parse_url("listen-peer-urls", &listen_peer_urls)?;
         let advertise_client_urls = match args.advertise_client_urls {
@@ -228,7 +257,10 @@ impl NodeConfig {
         };
         let own_urls = initial_cluster.get(&name);
         if !own_urls.is_some_and(|urls| urls.iter().any(|url| advertise_peer_urls.contains(url))) {
-            return Err(ConfigError::NotInInitialCluster { name, url: advertise_peer_urls[0].clone() });
+            return Err(ConfigError::NotInInitialCluster {
+                name,
+                url: advertise_peer_urls[0].clone(),
+            });
         }
         let initial_cluster_state = match args.initial_cluster_state.as_deref().unwrap_or("new") {
             "new" => ClusterState::New,
@@ -239,14 +271,25 @@ impl NodeConfig {
         let heartbeat_ms = args.heartbeat_interval.unwrap_or(defaults.heartbeat_ms);
         let election_ms = args.election_timeout.unwrap_or(defaults.election_timeout_ms);
         if heartbeat_ms < 10 {
-            return Err(ConfigError::TooSmall { flag: "heartbeat-interval", value: heartbeat_ms, min: 10 });
+            return Err(ConfigError::TooSmall {
+                flag: "heartbeat-interval",
+                value: heartbeat_ms,
+                min: 10,
+            });
         }
         if election_ms < 3 * heartbeat_ms {
-            return Err(ConfigError::Timing { heartbeat_ms, election_ms });
+            return Err(ConfigError::Timing {
+                heartbeat_ms,
+                election_ms,
+            });
         }
         let snapshot_count = args.snapshot_count.unwrap_or(defaults.snapshot_count);
         if snapshot_count < 10 {
-            return Err(ConfigError::TooSmall { flag: "snapshot-count", value: snapshot_count, min: 10 });
+            return Err(ConfigError::TooSmall {
+                flag: "snapshot-count",
+                value: snapshot_count,
+                min: 10,
+            });
         }
         let limit_defaults = ClientLimits::default();
         let limits = ClientLimits {
@@ -255,13 +298,25 @@ impl NodeConfig {
             max_key_bytes: args.max_key_bytes.unwrap_or(limit_defaults.max_key_bytes),
         };
         if limits.max_request_bytes < 1024 {
-            return Err(ConfigError::TooSmall { flag: "max-request-bytes", value: limits.max_request_bytes as u64, min: 1024 });
+            return Err(ConfigError::TooSmall {
+                flag: "max-request-bytes",
+                value: limits.max_request_bytes as u64,
+                min: 1024,
+            });
         }
         if limits.max_txn_ops < 1 {
-            return Err(ConfigError::TooSmall { flag: "max-txn-ops", value: 0, min: 1 });
+            return Err(ConfigError::TooSmall {
+                flag: "max-txn-ops",
+                value: 0,
+                min: 1,
+            });
         }
         if limits.max_key_bytes < 1 {
-            return Err(ConfigError::TooSmall { flag: "max-key-bytes", value: 0, min: 1 });
+            return Err(ConfigError::TooSmall {
+                flag: "max-key-bytes",
+                value: 0,
+                min: 1,
+            });
         }
         Ok(NodeConfig {
             name,
@@ -272,7 +327,9 @@ impl NodeConfig {
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_state,
-            initial_cluster_token: args.initial_cluster_token.unwrap_or_else(|| "zongheng-cluster".to_string()),
+            initial_cluster_token: args
+                .initial_cluster_token
+                .unwrap_or_else(|| "zongheng-cluster".to_string()),
             raft: RaftSettings {
                 heartbeat_ms,
                 election_timeout_ms: election_ms,
@@ -347,15 +404,27 @@ mod tests {
     fn file_values_sit_under_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "name = \"from-file\"\nsnapshot_count = 500\nheartbeat_interval = 50\n").unwrap();
-        let flags = NodeArgs { config: Some(path), snapshot_count: Some(700), ..Default::default() };
+        std::fs::write(
+            &path,
+            "name = \"from-file\"\nsnapshot_count = 500\nheartbeat_interval = 50\n",
+        )
+        .unwrap();
+        let flags = NodeArgs {
+            config: Some(path),
+            snapshot_count: Some(700),
+            ..Default::default()
+        };
         let config = NodeConfig::load(flags).unwrap();
         assert_eq!(config.name, "from-file");
         assert_eq!(config.raft.snapshot_count, 700);
         assert_eq!(config.raft.heartbeat_ms, 50);
         let dir_path = dir.path().join("bad.toml");
         std::fs::write(&dir_path, "nmae = \"typo\"\n").unwrap();
-        let error = NodeConfig::load(NodeArgs { config: Some(dir_path), ..Default::default() }).unwrap_err();
+        let error = NodeConfig::load(NodeArgs {
+            config: Some(dir_path),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(error.to_string().contains("nmae"), "{error}");
     }
 }

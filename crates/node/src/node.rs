@@ -62,12 +62,17 @@ pub enum NodeError {
     #[error("storage: {0}")]
     Storage(#[from] zongheng_storage::StorageError),
     #[error("cannot listen on {address}: {source} (is another process using the port?)")]
-    Listen { address: SocketAddr, source: std::io::Error },
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("raft: {0}")]
     Raft(String),
     #[error("joining the cluster: {0}")]
     Join(String),
-    #[error("the data dir belongs to member {stored:?}, not {configured:?}; use the right --name or another --data-dir")]
+    #[error(
+        "the data dir belongs to member {stored:?}, not {configured:?}; use the right --name or another --data-dir"
+    )]
     WrongDataDir { stored: String, configured: String },
 }
 
@@ -123,20 +128,42 @@ fn bootstrap_members(config: &NodeConfig) -> BTreeMap<u64, PeerNode> {
         .initial_cluster
         .iter()
         .map(|(name, urls)| {
-            (member_id(&format!("member/{}/{name}", config.initial_cluster_token), 0), PeerNode { name: name.clone(), peer_urls: urls.clone() })
+            (
+                member_id(&format!("member/{}/{name}", config.initial_cluster_token), 0),
+                PeerNode {
+                    name: name.clone(),
+                    peer_urls: urls.clone(),
+                },
+            )
         })
         .collect()
 }
 
 fn read_identity(engine: &dyn Engine) -> Result<Option<Identity>, NodeError> {
-    let Some(bytes) = engine.get(&Key::Local { name: IDENTITY_KEY.into() }.encode())? else { return Ok(None) };
-    codec::decode(&bytes).map(Some).map_err(|error| NodeError::Raft(format!("stored identity is unreadable: {error}")))
+    let Some(bytes) = engine.get(
+        &Key::Local {
+            name: IDENTITY_KEY.into(),
+        }
+        .encode(),
+    )?
+    else {
+        return Ok(None);
+    };
+    codec::decode(&bytes)
+        .map(Some)
+        .map_err(|error| NodeError::Raft(format!("stored identity is unreadable: {error}")))
 }
 
 fn write_identity(engine: &dyn Engine, identity: &Identity) -> Result<(), NodeError> {
     let mut batch = WriteBatch::new();
     let bytes = codec::encode(identity).map_err(|error| NodeError::Raft(error.to_string()))?;
-    batch.put(Key::Local { name: IDENTITY_KEY.into() }.encode(), bytes);
+    batch.put(
+        Key::Local {
+            name: IDENTITY_KEY.into(),
+        }
+        .encode(),
+        bytes,
+    );
     engine.write(batch, Durability::Sync)?;
     Ok(())
 }
@@ -151,7 +178,9 @@ async fn discover_identity(config: &NodeConfig, pool: &PeerPool) -> Result<Ident
         .flat_map(|(_, urls)| urls.iter().map(|url| url_host_port(url)))
         .collect();
     if others.is_empty() {
-        return Err(NodeError::Join("--initial-cluster lists no other member to join through".into()));
+        return Err(NodeError::Join(
+            "--initial-cluster lists no other member to join through".into(),
+        ));
     }
     let mut last_problem = String::from("no member answered");
     loop {
@@ -162,10 +191,12 @@ async fn discover_identity(config: &NodeConfig, pool: &PeerPool) -> Result<Ident
             match client.members(request).await {
                 Ok(reply) => {
                     let reply = reply.into_inner();
-                    let mine = reply
-                        .members
-                        .iter()
-                        .find(|member| member.peer_urls.iter().any(|url| config.advertise_peer_urls.contains(url)));
+                    let mine = reply.members.iter().find(|member| {
+                        member
+                            .peer_urls
+                            .iter()
+                            .any(|url| config.advertise_peer_urls.contains(url))
+                    });
                     match mine {
                         Some(member) => {
                             return Ok(Identity { name: config.name.clone(), node_id: member.id, cluster_id: reply.cluster_id })
@@ -189,21 +220,35 @@ async fn discover_identity(config: &NodeConfig, pool: &PeerPool) -> Result<Ident
 }
 
 /// Start a node: open its state, start Raft and the servers.
-pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Arc<dyn Engine>) -> Result<NodeHandle, NodeError> {
+pub async fn start(
+    config: NodeConfig,
+    transport: Arc<dyn Transport>,
+    engine: Arc<dyn Engine>,
+) -> Result<NodeHandle, NodeError> {
     let pool = Arc::new(PeerPool::new(transport.clone()));
     let (identity, bootstrap) = match read_identity(&*engine)? {
         Some(identity) => {
             if identity.name != config.name {
-                return Err(NodeError::WrongDataDir { stored: identity.name, configured: config.name.clone() });
+                return Err(NodeError::WrongDataDir {
+                    stored: identity.name,
+                    configured: config.name.clone(),
+                });
             }
-            tracing::info!(node_id = format!("{:x}", identity.node_id), "restarting from the data dir; --initial-cluster is ignored");
+            tracing::info!(
+                node_id = format!("{:x}", identity.node_id),
+                "restarting from the data dir; --initial-cluster is ignored"
+            );
             (identity, None)
         }
         None => match config.initial_cluster_state {
             ClusterState::New => {
                 let members = bootstrap_members(&config);
                 let node_id = member_id(&format!("member/{}/{}", config.initial_cluster_token, config.name), 0);
-                let identity = Identity { name: config.name.clone(), node_id, cluster_id: cluster_id_for(&config.initial_cluster_token, &members) };
+                let identity = Identity {
+                    name: config.name.clone(),
+                    node_id,
+                    cluster_id: cluster_id_for(&config.initial_cluster_token, &members),
+                };
                 (identity, Some(members))
             }
             ClusterState::Existing => (discover_identity(&config, &pool).await?, None),
@@ -215,22 +260,41 @@ pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Ar
         .openraft_config(&config.initial_cluster_token)
         .map_err(|error| NodeError::Raft(error.to_string()))?;
     let log_store = LogStore::new(engine.clone(), META_GROUP);
-    let state_machine = StateMachineStore::<MetaApp>::open(engine.clone(), META_GROUP).map_err(|error| NodeError::Raft(error.to_string()))?;
+    let state_machine = StateMachineStore::<MetaApp>::open(engine.clone(), META_GROUP)
+        .map_err(|error| NodeError::Raft(error.to_string()))?;
     let shared = state_machine.shared();
     let (removed_sender, removed) = watch::channel(false);
     let removed_sender = Arc::new(removed_sender);
     let network = NetworkFactory::new(pool.clone(), META_GROUP, removed_sender.clone());
-    let raft = Raft::new(identity.node_id, Arc::new(raft_config), network, log_store, state_machine)
-        .await
-        .map_err(|error| NodeError::Raft(error.to_string()))?;
-    let meta = Arc::new(MetaGroup::new(identity.node_id, identity.cluster_id, raft.clone(), shared, pool.clone()));
+    let raft = Raft::new(
+        identity.node_id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|error| NodeError::Raft(error.to_string()))?;
+    let meta = Arc::new(MetaGroup::new(
+        identity.node_id,
+        identity.cluster_id,
+        raft.clone(),
+        shared,
+        pool.clone(),
+    ));
 
     let (shutdown, shutdown_signal) = watch::channel(false);
     let mut tasks = Vec::new();
 
     // Peer server first: peers must reach us before we take part in elections.
     let (peer_address, peer_listener) =
-        transport.listen(config.listen_peer).await.map_err(|source| NodeError::Listen { address: config.listen_peer, source })?;
+        transport
+            .listen(config.listen_peer)
+            .await
+            .map_err(|source| NodeError::Listen {
+                address: config.listen_peer,
+                source,
+            })?;
     let peer_listener = crate::net::transport::limit_connections(peer_listener, PEER_CONNECTIONS_MAX, "peer listener");
     let peer_service = PeerServer::new(PeerService::new(meta.clone()))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -249,15 +313,26 @@ pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Ar
     }));
 
     let (client_address, client_listener) =
-        transport.listen(config.listen_client).await.map_err(|source| NodeError::Listen { address: config.listen_client, source })?;
-    let client_listener = crate::net::transport::limit_connections(client_listener, CLIENT_CONNECTIONS_MAX, "client listener");
+        transport
+            .listen(config.listen_client)
+            .await
+            .map_err(|source| NodeError::Listen {
+                address: config.listen_client,
+                source,
+            })?;
+    let client_listener =
+        crate::net::transport::limit_connections(client_listener, CLIENT_CONNECTIONS_MAX, "client listener");
     let services = EtcdServices::new(meta.clone(), config.limits.clone(), engine.clone());
     let max_message = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
-            .add_service(KvServer::new(services.clone()).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX))
+            .add_service(
+                KvServer::new(services.clone())
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
             .add_service(ClusterServer::new(services.clone()).max_decoding_message_size(max_message))
             .add_service(MaintenanceServer::new(services).max_decoding_message_size(max_message))
             .serve_with_incoming_shutdown(client_listener, async move {
@@ -280,22 +355,49 @@ pub async fn start(config: NodeConfig, transport: Arc<dyn Transport>, engine: Ar
         write_identity(&*engine, &identity)?;
     }
 
-    tasks.push(tokio::spawn(publish_attributes(meta.clone(), config.name.clone(), config.advertise_client_urls.clone(), shutdown_signal.clone())));
-    tasks.push(tokio::spawn(watch_removal(meta.clone(), removed_sender, shutdown_signal)));
+    tasks.push(tokio::spawn(publish_attributes(
+        meta.clone(),
+        config.name.clone(),
+        config.advertise_client_urls.clone(),
+        shutdown_signal.clone(),
+    )));
+    tasks.push(tokio::spawn(watch_removal(
+        meta.clone(),
+        removed_sender,
+        shutdown_signal,
+    )));
     tracing::info!(name = config.name, node_id = format!("{:x}", identity.node_id), %client_address, %peer_address, "node started");
-    Ok(NodeHandle { node_id: identity.node_id, client_address, peer_address, meta, shutdown, removed, tasks })
+    Ok(NodeHandle {
+        node_id: identity.node_id,
+        client_address,
+        peer_address,
+        meta,
+        shutdown,
+        removed,
+        tasks,
+    })
 }
 
 /// Record this member's name and client URLs in `meta` once a leader exists,
 /// and again whenever they differ from what is recorded.
-async fn publish_attributes(meta: Arc<MetaGroup>, name: String, client_urls: Vec<String>, mut shutdown: watch::Receiver<bool>) {
+async fn publish_attributes(
+    meta: Arc<MetaGroup>,
+    name: String,
+    client_urls: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let published = meta.read(|app| app.members.get(&meta.node_id).cloned());
-        let current = published.is_some_and(|attributes| attributes.name == name && attributes.client_urls == client_urls);
+        let current =
+            published.is_some_and(|attributes| attributes.name == name && attributes.client_urls == client_urls);
         if current {
             return;
         }
-        let command = MetaCommand::PublishMember { id: meta.node_id, name: name.clone(), client_urls: client_urls.clone() };
+        let command = MetaCommand::PublishMember {
+            id: meta.node_id,
+            name: name.clone(),
+            client_urls: client_urls.clone(),
+        };
         tokio::select! {
             result = meta.write(command) => match result {
                 Ok(_) => return,
@@ -324,7 +426,10 @@ async fn watch_removal(meta: Arc<MetaGroup>, removed: Arc<watch::Sender<bool>>, 
         if is_member {
             was_member = true;
         } else if was_member {
-            tracing::warn!(node_id = format!("{:x}", meta.node_id), "this member was removed from the cluster");
+            tracing::warn!(
+                node_id = format!("{:x}", meta.node_id),
+                "this member was removed from the cluster"
+            );
             let _ = removed.send(true);
             return;
         }

@@ -22,7 +22,11 @@ struct MemBuilder;
 impl StoreBuilder<MetaRaftConfig, Log, Machine, ()> for MemBuilder {
     async fn build(&self) -> Result<((), Log, Machine), StorageError<u64>> {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
-        Ok(((), LogStore::new(engine.clone(), META_GROUP), StateMachineStore::open(engine, META_GROUP)?))
+        Ok((
+            (),
+            LogStore::new(engine.clone(), META_GROUP),
+            StateMachineStore::open(engine, META_GROUP)?,
+        ))
     }
 }
 
@@ -32,7 +36,11 @@ impl StoreBuilder<MetaRaftConfig, Log, Machine, tempfile::TempDir> for RedbBuild
     async fn build(&self) -> Result<(tempfile::TempDir, Log, Machine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine: Arc<dyn Engine> = Arc::new(RedbEngine::open(dir.path().join("db.redb")).expect("open redb"));
-        Ok((dir, LogStore::new(engine.clone(), META_GROUP), StateMachineStore::open(engine, META_GROUP)?))
+        Ok((
+            dir,
+            LogStore::new(engine.clone(), META_GROUP),
+            StateMachineStore::open(engine, META_GROUP)?,
+        ))
     }
 }
 

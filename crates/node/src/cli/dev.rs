@@ -55,7 +55,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let temporary = match &args.data_dir {
         Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("zongheng-dev-").tempdir().context("cannot create a temporary data dir")?),
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("zongheng-dev-")
+                .tempdir()
+                .context("cannot create a temporary data dir")?,
+        ),
     };
     let root: PathBuf = match (&args.data_dir, &temporary) {
         (Some(dir), _) => dir.clone(),
@@ -66,8 +71,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let port = |index: usize, offset: u16| args.base_port + 10 * index as u16 + offset;
     let names: Vec<String> = (1..=args.nodes).map(|i| format!("n{i}")).collect();
-    let initial_cluster: Vec<String> =
-        names.iter().enumerate().map(|(i, name)| format!("{name}=http://127.0.0.1:{}", port(i, 1))).collect();
+    let initial_cluster: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("{name}=http://127.0.0.1:{}", port(i, 1)))
+        .collect();
     let initial_cluster = initial_cluster.join(",");
     let executable = std::env::current_exe().context("cannot find the zongheng executable")?;
 
@@ -93,7 +101,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start node {name}"))?;
-        nodes.push(DevNode { name: name.clone(), client, log, child });
+        nodes.push(DevNode {
+            name: name.clone(),
+            client,
+            log,
+            child,
+        });
     }
 
     let endpoints: Vec<String> = nodes.iter().map(|node| node.client.clone()).collect();
@@ -103,9 +116,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Err(error);
     }
 
-    println!("zongheng dev cluster: {} nodes on loopback, data in {}", nodes.len(), root.display());
+    println!(
+        "zongheng dev cluster: {} nodes on loopback, data in {}",
+        nodes.len(),
+        root.display()
+    );
     for node in &nodes {
-        println!("  {}  client http://{}  log {}", node.name, node.client, node.log.display());
+        println!(
+            "  {}  client http://{}  log {}",
+            node.name,
+            node.client,
+            node.log.display()
+        );
     }
     println!();
     println!("Try it:");
@@ -133,12 +155,18 @@ async fn wait_ready(nodes: &mut [DevNode]) -> anyhow::Result<()> {
     loop {
         for node in nodes.iter_mut() {
             if let Some(status) = node.child.try_wait()? {
-                bail!("node {} exited during start ({status}); its log:\n{}", node.name, log_tail(&node.log));
+                bail!(
+                    "node {} exited during start ({status}); its log:\n{}",
+                    node.name,
+                    log_tail(&node.log)
+                );
             }
         }
         for node in nodes.iter() {
             let endpoint = format!("http://{}", node.client);
-            let Ok(mut client) = MaintenanceClient::connect(endpoint).await else { continue };
+            let Ok(mut client) = MaintenanceClient::connect(endpoint).await else {
+                continue;
+            };
             if let Ok(reply) = client.status(StatusRequest {}).await {
                 if reply.into_inner().leader != 0 {
                     return Ok(());
@@ -146,8 +174,15 @@ async fn wait_ready(nodes: &mut [DevNode]) -> anyhow::Result<()> {
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            let tails: Vec<String> = nodes.iter().map(|node| format!("--- {}:\n{}", node.name, log_tail(&node.log))).collect();
-            bail!("no leader after {} s; node logs:\n{}", READY_TIMEOUT.as_secs(), tails.join("\n"));
+            let tails: Vec<String> = nodes
+                .iter()
+                .map(|node| format!("--- {}:\n{}", node.name, log_tail(&node.log)))
+                .collect();
+            bail!(
+                "no leader after {} s; node logs:\n{}",
+                READY_TIMEOUT.as_secs(),
+                tails.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -35,7 +35,13 @@ impl Application for MetaApp {
             MetaCommand::Txn(request) => self.kv.txn(request).map(MetaResponse::Txn),
             MetaCommand::Compact(request) => self.kv.compact(request).map(MetaResponse::Compact),
             MetaCommand::PublishMember { id, name, client_urls } => {
-                self.members.insert(*id, MemberAttributes { name: name.clone(), client_urls: client_urls.clone() });
+                self.members.insert(
+                    *id,
+                    MemberAttributes {
+                        name: name.clone(),
+                        client_urls: client_urls.clone(),
+                    },
+                );
                 Ok(MetaResponse::Done)
             }
             MetaCommand::ForgetMember { id } => {

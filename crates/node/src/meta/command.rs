@@ -20,9 +20,15 @@ pub enum MetaCommand {
     Txn(TxnRequest),
     Compact(CompactionRequest),
     /// A member announces the name and client URLs it serves (etcd's publish).
-    PublishMember { id: u64, name: String, client_urls: Vec<String> },
+    PublishMember {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
     /// Forget the attributes of a removed member.
-    ForgetMember { id: u64 },
+    ForgetMember {
+        id: u64,
+    },
 }
 
 impl MetaCommand {

@@ -109,14 +109,31 @@ pub struct MetaGroup {
 }
 
 impl MetaGroup {
-    pub fn new(node_id: u64, cluster_id: u64, raft: Raft<MetaRaftConfig>, state: Shared<MetaApp>, pool: Arc<PeerPool>) -> Self {
-        Self { node_id, cluster_id, raft, state, pool }
+    pub fn new(
+        node_id: u64,
+        cluster_id: u64,
+        raft: Raft<MetaRaftConfig>,
+        state: Shared<MetaApp>,
+        pool: Arc<PeerPool>,
+    ) -> Self {
+        Self {
+            node_id,
+            cluster_id,
+            raft,
+            state,
+            pool,
+        }
     }
 
     /// The response header for a reply at `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         let term = self.raft.metrics().borrow().current_term;
-        ResponseHeader { cluster_id: self.cluster_id, member_id: self.node_id, revision, raft_term: term }
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.node_id,
+            revision,
+            raft_term: term,
+        }
     }
 
     /// Read the local state (serializable: as applied here, possibly stale).
@@ -132,7 +149,11 @@ impl MetaGroup {
     fn peer_address_of(&self, id: u64) -> Option<String> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        metrics.membership_config.membership().get_node(&id).and_then(PeerAddress::peer_address)
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .and_then(PeerAddress::peer_address)
     }
 
     /// Propose a command through the leader and wait until it is applied here
@@ -156,7 +177,9 @@ impl MetaGroup {
                 Some(leader) => self.forward(leader, &call, deadline).await,
             };
             match result {
-                Err(MetaError::NoLeader | MetaError::NotLeader { .. }) if Instant::now() + LEADER_RETRY_PAUSE < deadline => {
+                Err(MetaError::NoLeader | MetaError::NotLeader { .. })
+                    if Instant::now() + LEADER_RETRY_PAUSE < deadline =>
+                {
                     tokio::time::sleep(LEADER_RETRY_PAUSE).await;
                 }
                 Err(MetaError::NotLeader { .. }) => return Err(MetaError::NoLeader),
@@ -166,11 +189,16 @@ impl MetaGroup {
     }
 
     async fn forward(&self, leader: u64, call: &LeaderCall, deadline: Instant) -> Result<LeaderReply, MetaError> {
-        let Some(address) = self.peer_address_of(leader) else { return Err(MetaError::NoLeader) };
+        let Some(address) = self.peer_address_of(leader) else {
+            return Err(MetaError::NoLeader);
+        };
         let payload = codec::encode(call).map_err(|error| MetaError::Internal(error.to_string()))?;
         let mut client = self.pool.client(&address);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let mut request = tonic::Request::new(ForwardRequest { group_id: META_GROUP, payload });
+        let mut request = tonic::Request::new(ForwardRequest {
+            group_id: META_GROUP,
+            payload,
+        });
         request.set_timeout(remaining);
         let reply = match tokio::time::timeout(remaining, client.forward(request)).await {
             Err(_) => return Err(MetaError::Timeout),
@@ -215,14 +243,18 @@ impl MetaGroup {
 
     async fn add_member(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<LeaderReply, MetaError> {
         if peer_urls.is_empty() {
-            return Err(MetaError::InvalidArgument("member add needs at least one peer URL".into()));
+            return Err(MetaError::InvalidArgument(
+                "member add needs at least one peer URL".into(),
+            ));
         }
         let (existing_ids, url_taken, last_index) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
             let ids: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
-            let taken = membership.nodes().any(|(_, node)| node.peer_urls.iter().any(|url| peer_urls.contains(url)));
+            let taken = membership
+                .nodes()
+                .any(|(_, node)| node.peer_urls.iter().any(|url| peer_urls.contains(url)));
             (ids, taken, metrics.last_log_index.unwrap_or(0))
         };
         if url_taken {
@@ -234,7 +266,10 @@ impl MetaGroup {
         while existing_ids.contains(&id) {
             id = member_id(&format!("{id}"), last_index);
         }
-        let node = PeerNode { name: String::new(), peer_urls };
+        let node = PeerNode {
+            name: String::new(),
+            peer_urls,
+        };
         self.raft.add_learner(id, node, false).await.map_err(write_error)?;
         if !is_learner {
             self.raft
@@ -250,7 +285,10 @@ impl MetaGroup {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
-            (membership.voter_ids().any(|voter| voter == id), membership.get_node(&id).is_some())
+            (
+                membership.voter_ids().any(|voter| voter == id),
+                membership.get_node(&id).is_some(),
+            )
         };
         if !exists {
             return Err(MetaError::MemberNotFound);
@@ -283,7 +321,11 @@ impl MetaGroup {
         };
         if !is_learner {
             let exists = self.peer_address_of(id).is_some() || self.members().iter().any(|member| member.id == id);
-            return Err(if exists { MetaError::NotLearner } else { MetaError::MemberNotFound });
+            return Err(if exists {
+                MetaError::NotLearner
+            } else {
+                MetaError::MemberNotFound
+            });
         }
         match lag {
             Some(lag) if lag <= LEARNER_PROMOTE_LAG_MAX => {}
@@ -298,7 +340,9 @@ impl MetaGroup {
 
     async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<LeaderReply, MetaError> {
         if peer_urls.is_empty() {
-            return Err(MetaError::InvalidArgument("member update needs at least one peer URL".into()));
+            return Err(MetaError::InvalidArgument(
+                "member update needs at least one peer URL".into(),
+            ));
         }
         let node = {
             let metrics = self.raft.metrics();
@@ -310,8 +354,13 @@ impl MetaGroup {
             if taken {
                 return Err(MetaError::PeerUrlExists);
             }
-            let Some(node) = membership.get_node(&id) else { return Err(MetaError::MemberNotFound) };
-            PeerNode { name: node.name.clone(), peer_urls }
+            let Some(node) = membership.get_node(&id) else {
+                return Err(MetaError::MemberNotFound);
+            };
+            PeerNode {
+                name: node.name.clone(),
+                peer_urls,
+            }
         };
         self.raft
             .change_membership(ChangeMembers::SetNodes([(id, node)].into_iter().collect()), false)
@@ -331,7 +380,9 @@ impl MetaGroup {
                 Some(leader) => self.read_index_remote(leader, deadline).await,
             };
             match result {
-                Err(MetaError::NoLeader | MetaError::NotLeader { .. }) if Instant::now() + LEADER_RETRY_PAUSE < deadline => {
+                Err(MetaError::NoLeader | MetaError::NotLeader { .. })
+                    if Instant::now() + LEADER_RETRY_PAUSE < deadline =>
+                {
                     tokio::time::sleep(LEADER_RETRY_PAUSE).await;
                 }
                 Err(MetaError::NotLeader { .. }) => return Err(MetaError::NoLeader),
@@ -347,15 +398,21 @@ impl MetaGroup {
             Err(_) => Err(MetaError::Timeout),
             Ok(Ok(read_log_id)) => Ok(read_log_id.map(|log_id| log_id.index).unwrap_or(0)),
             Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(MetaError::NotLeader { leader: forward.leader_id })
+                Err(MetaError::NotLeader {
+                    leader: forward.leader_id,
+                })
             }
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_)))) => Err(MetaError::Timeout),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(MetaError::Timeout)
+            }
             Ok(Err(RaftError::Fatal(_))) => Err(MetaError::Stopped),
         }
     }
 
     async fn read_index_remote(&self, leader: u64, deadline: Instant) -> Result<(), MetaError> {
-        let Some(address) = self.peer_address_of(leader) else { return Err(MetaError::NoLeader) };
+        let Some(address) = self.peer_address_of(leader) else {
+            return Err(MetaError::NoLeader);
+        };
         let mut client = self.pool.client(&address);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut request = tonic::Request::new(ReadIndexRequest { group_id: META_GROUP });
@@ -365,7 +422,9 @@ impl MetaGroup {
             Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
                 return Err(MetaError::NotLeader { leader: None })
             }
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => return Err(MetaError::NotLeader { leader: None }),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(MetaError::NotLeader { leader: None })
+            }
             Ok(Err(status)) => return Err(MetaError::Internal(format!("read index from leader: {status}"))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
@@ -394,7 +453,10 @@ impl MetaGroup {
                 let attributes = applied.app.members.get(id);
                 MemberView {
                     id: *id,
-                    name: attributes.map(|a| a.name.clone()).filter(|name| !name.is_empty()).unwrap_or_else(|| node.name.clone()),
+                    name: attributes
+                        .map(|a| a.name.clone())
+                        .filter(|name| !name.is_empty())
+                        .unwrap_or_else(|| node.name.clone()),
                     peer_urls: node.peer_urls.clone(),
                     client_urls: attributes.map(|a| a.client_urls.clone()).unwrap_or_default(),
                     is_learner: learners.contains(id),
@@ -412,7 +474,9 @@ impl MetaGroup {
 
 fn write_error(error: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> MetaError {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => MetaError::NotLeader { leader: forward.leader_id },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => MetaError::NotLeader {
+            leader: forward.leader_id,
+        },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => match change {
             ChangeMembershipError::InProgress(_) => MetaError::MembershipInProgress,
             ChangeMembershipError::EmptyMembership(_) => {
@@ -429,14 +493,19 @@ fn is_connect_failure(status: &tonic::Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) {
                 return true;
             }
         }
         source = error.source();
     }
     let message = status.message().to_ascii_lowercase();
-    message.contains("connect error") || message.contains("error trying to connect") || message.contains("connection refused")
+    message.contains("connect error")
+        || message.contains("error trying to connect")
+        || message.contains("connection refused")
 }
 
 /// A member id: FNV-1a over `seed` and `salt`, never zero (etcd treats 0 as

@@ -36,9 +36,9 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use zongheng_proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, Compare, CompactionRequest, CompactionResponse,
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse, Compare,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use zongheng_proto::mvccpb::KeyValue;
 
@@ -96,7 +96,9 @@ struct History {
 impl History {
     /// The version visible at `revision`, if the key is live there.
     fn at(&self, revision: i64) -> Option<&StoredValue> {
-        let position = self.versions.partition_point(|version| version.mod_revision <= revision);
+        let position = self
+            .versions
+            .partition_point(|version| version.mod_revision <= revision);
         if position == 0 {
             return None;
         }
@@ -110,7 +112,9 @@ impl History {
     }
 
     fn mod_revision_at(&self, revision: i64) -> i64 {
-        let position = self.versions.partition_point(|version| version.mod_revision <= revision);
+        let position = self
+            .versions
+            .partition_point(|version| version.mod_revision <= revision);
         self.versions[position - 1].mod_revision
     }
 }
@@ -155,7 +159,10 @@ impl KeyRange {
         };
         // etcd treats key == [0] with range_end == [0] as "all keys"; a start of
         // [0] already sorts before every non-empty key, so no special case.
-        Self { start: key.to_vec(), end }
+        Self {
+            start: key.to_vec(),
+            end,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -207,7 +214,11 @@ impl KeyRange {
 
 impl Mvcc {
     pub fn new() -> Self {
-        Self { revision: INITIAL_REVISION, compact_revision: 0, keys: BTreeMap::new() }
+        Self {
+            revision: INITIAL_REVISION,
+            compact_revision: 0,
+            keys: BTreeMap::new(),
+        }
     }
 
     /// The current revision (the revision of the last change).
@@ -231,7 +242,10 @@ impl Mvcc {
     }
 
     fn header(&self) -> Option<ResponseHeader> {
-        Some(ResponseHeader { revision: self.revision, ..Default::default() })
+        Some(ResponseHeader {
+            revision: self.revision,
+            ..Default::default()
+        })
     }
 
     fn check_read_revision(&self, revision: i64) -> Result<i64, MvccError> {
@@ -267,7 +281,9 @@ impl Mvcc {
         let mut count: i64 = 0;
         if !range.is_empty() {
             for (key, history) in self.keys.range(range.bounds()) {
-                let Some(stored) = history.at(read_revision) else { continue };
+                let Some(stored) = history.at(read_revision) else {
+                    continue;
+                };
                 count += 1;
                 if request.count_only {
                     continue;
@@ -277,7 +293,11 @@ impl Mvcc {
                     create_revision: stored.create_revision,
                     mod_revision: history.mod_revision_at(read_revision),
                     version: stored.version,
-                    value: if request.keys_only { Vec::new() } else { stored.value.clone() },
+                    value: if request.keys_only {
+                        Vec::new()
+                    } else {
+                        stored.value.clone()
+                    },
                     lease: stored.lease,
                 };
                 if passes_revision_filters(request, &kv) {
@@ -291,7 +311,12 @@ impl Mvcc {
             kvs.truncate(request.limit as usize);
             more = true;
         }
-        Ok(RangeResponse { header: None, kvs, more, count })
+        Ok(RangeResponse {
+            header: None,
+            kvs,
+            more,
+            count,
+        })
     }
 
     /// Apply a `Put` as its own write transaction.
@@ -300,7 +325,10 @@ impl Mvcc {
         self.check_put(request, self.revision + 1)?;
         let response = self.apply_put(request, self.revision + 1);
         self.revision += 1;
-        Ok(PutResponse { header: self.header(), ..response })
+        Ok(PutResponse {
+            header: self.header(),
+            ..response
+        })
     }
 
     /// Apply a `DeleteRange` as its own write transaction.
@@ -312,7 +340,10 @@ impl Mvcc {
         if response.deleted > 0 {
             self.revision += 1;
         }
-        Ok(DeleteRangeResponse { header: self.header(), ..response })
+        Ok(DeleteRangeResponse {
+            header: self.header(),
+            ..response
+        })
     }
 
     /// Apply a `Txn`: evaluate the compares at the current revision, then run
@@ -335,7 +366,11 @@ impl Mvcc {
         if changed {
             self.revision = next;
         }
-        Ok(TxnResponse { header: self.header(), succeeded, responses })
+        Ok(TxnResponse {
+            header: self.header(),
+            succeeded,
+            responses,
+        })
     }
 
     /// The branch taken by this txn and by every nested txn on the taken
@@ -363,12 +398,18 @@ impl Mvcc {
         }
         let mut emptied = Vec::new();
         for (key, history) in self.keys.iter_mut() {
-            let position = history.versions.partition_point(|version| version.mod_revision <= target);
+            let position = history
+                .versions
+                .partition_point(|version| version.mod_revision <= target);
             if position == 0 {
                 continue;
             }
             // Keep the version visible at `target` unless it is a tombstone.
-            let keep_from = if history.versions[position - 1].kv.is_some() { position - 1 } else { position };
+            let keep_from = if history.versions[position - 1].kv.is_some() {
+                position - 1
+            } else {
+                position
+            };
             history.versions.drain(..keep_from);
             if history.versions.is_empty() {
                 emptied.push(key.clone());
@@ -422,7 +463,9 @@ impl Mvcc {
         let mut seen_any = false;
         if !range.is_empty() {
             for (key, history) in self.keys.range(range.bounds()) {
-                let Some((stored, mod_revision)) = history.latest() else { continue };
+                let Some((stored, mod_revision)) = history.latest() else {
+                    continue;
+                };
                 seen_any = true;
                 let kv = KeyValue {
                     key: key.clone(),
@@ -466,7 +509,12 @@ impl Mvcc {
     /// Check a branch before applying it. Keys written earlier in the same
     /// transaction count as existing, so walk the ops in order on a scratch
     /// view of which keys exist.
-    fn check_ops(&self, ops: &[RequestOp], revision: i64, path: &mut impl Iterator<Item = bool>) -> Result<(), MvccError> {
+    fn check_ops(
+        &self,
+        ops: &[RequestOp],
+        revision: i64,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<(), MvccError> {
         for op in ops {
             match op.request.as_ref() {
                 Some(request_op::Request::RequestRange(range)) => {
@@ -556,7 +604,9 @@ impl Mvcc {
                     })
                 }
             };
-            responses.push(ResponseOp { response: Some(response) });
+            responses.push(ResponseOp {
+                response: Some(response),
+            });
         }
         responses
     }
@@ -564,25 +614,41 @@ impl Mvcc {
     /// Write one put at `revision`. Callers have validated it.
     fn apply_put(&mut self, put: &PutRequest, revision: i64) -> PutResponse {
         let history = self.keys.entry(put.key.clone()).or_default();
-        let previous = history.latest().map(|(stored, mod_revision)| (stored.clone(), mod_revision));
+        let previous = history
+            .latest()
+            .map(|(stored, mod_revision)| (stored.clone(), mod_revision));
         let (create_revision, version) = match &previous {
             Some((stored, _)) => (stored.create_revision, stored.version + 1),
             None => (revision, 1),
         };
         let value = if put.ignore_value {
-            previous.as_ref().map(|(stored, _)| stored.value.clone()).unwrap_or_default()
+            previous
+                .as_ref()
+                .map(|(stored, _)| stored.value.clone())
+                .unwrap_or_default()
         } else {
             put.value.clone()
         };
-        let lease = if put.ignore_lease { previous.as_ref().map(|(stored, _)| stored.lease).unwrap_or(0) } else { put.lease };
+        let lease = if put.ignore_lease {
+            previous.as_ref().map(|(stored, _)| stored.lease).unwrap_or(0)
+        } else {
+            put.lease
+        };
         let prev_kv = if put.prev_kv {
-            previous.as_ref().map(|(stored, mod_revision)| to_key_value(&put.key, stored, *mod_revision))
+            previous
+                .as_ref()
+                .map(|(stored, mod_revision)| to_key_value(&put.key, stored, *mod_revision))
         } else {
             None
         };
         history.versions.push(Version {
             mod_revision: revision,
-            kv: Some(StoredValue { create_revision, version, value, lease }),
+            kv: Some(StoredValue {
+                create_revision,
+                version,
+                value,
+                lease,
+            }),
         });
         PutResponse { header: None, prev_kv }
     }
@@ -593,15 +659,24 @@ impl Mvcc {
         let mut prev_kvs = Vec::new();
         if !range.is_empty() {
             for (key, history) in self.keys.range_mut(range.bounds()) {
-                let Some((stored, mod_revision)) = history.latest() else { continue };
+                let Some((stored, mod_revision)) = history.latest() else {
+                    continue;
+                };
                 if delete.prev_kv {
                     prev_kvs.push(to_key_value(key, stored, mod_revision));
                 }
                 deleted += 1;
-                history.versions.push(Version { mod_revision: revision, kv: None });
+                history.versions.push(Version {
+                    mod_revision: revision,
+                    kv: None,
+                });
             }
         }
-        DeleteRangeResponse { header: None, deleted, prev_kvs }
+        DeleteRangeResponse {
+            header: None,
+            deleted,
+            prev_kvs,
+        }
     }
 }
 
@@ -743,7 +818,11 @@ pub fn txn_op_count(request: &TxnRequest) -> usize {
             })
             .sum()
     };
-    request.compare.len().max(nested(&request.success)).max(nested(&request.failure))
+    request
+        .compare
+        .len()
+        .max(nested(&request.success))
+        .max(nested(&request.failure))
 }
 
 #[cfg(test)]
@@ -751,16 +830,27 @@ mod tests {
     use super::*;
 
     fn put(key: &str, value: &str) -> PutRequest {
-        PutRequest { key: key.into(), value: value.into(), ..Default::default() }
+        PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        }
     }
 
     fn get(store: &Mvcc, key: &str) -> Option<KeyValue> {
-        let request = RangeRequest { key: key.into(), ..Default::default() };
+        let request = RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        };
         store.range(&request).unwrap().kvs.into_iter().next()
     }
 
     fn get_at(store: &Mvcc, key: &str, revision: i64) -> Result<Option<KeyValue>, MvccError> {
-        let request = RangeRequest { key: key.into(), revision, ..Default::default() };
+        let request = RangeRequest {
+            key: key.into(),
+            revision,
+            ..Default::default()
+        };
         Ok(store.range(&request)?.kvs.into_iter().next())
     }
 
@@ -771,7 +861,10 @@ mod tests {
     }
 
     fn delete(key: &str) -> DeleteRangeRequest {
-        DeleteRangeRequest { key: key.into(), ..Default::default() }
+        DeleteRangeRequest {
+            key: key.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -839,7 +932,12 @@ mod tests {
         store.put(&put("b", "1")).unwrap(); // 4
         store.delete_range(&delete("b")).unwrap(); // 5
         store.put(&put("a", "3")).unwrap(); // 6
-        store.compact(&CompactionRequest { revision: 5, physical: false }).unwrap();
+        store
+            .compact(&CompactionRequest {
+                revision: 5,
+                physical: false,
+            })
+            .unwrap();
         assert_eq!(get_at(&store, "a", 4), Err(MvccError::Compacted));
         // The version visible at the compaction revision stays readable.
         assert_eq!(get_at(&store, "a", 5).unwrap().unwrap().value, b"2");
@@ -848,8 +946,20 @@ mod tests {
         // b's tombstone was the visible version at 5: the key is gone entirely.
         assert!(!store.keys.contains_key(b"b".as_slice()));
         assert_eq!(store.keys[b"a".as_slice()].versions.len(), 2);
-        assert_eq!(store.compact(&CompactionRequest { revision: 5, physical: true }), Err(MvccError::Compacted));
-        assert_eq!(store.compact(&CompactionRequest { revision: 7, physical: true }), Err(MvccError::FutureRevision));
+        assert_eq!(
+            store.compact(&CompactionRequest {
+                revision: 5,
+                physical: true
+            }),
+            Err(MvccError::Compacted)
+        );
+        assert_eq!(
+            store.compact(&CompactionRequest {
+                revision: 7,
+                physical: true
+            }),
+            Err(MvccError::FutureRevision)
+        );
         // Compaction does not change the revision.
         assert_eq!(store.revision(), 6);
     }
@@ -860,9 +970,17 @@ mod tests {
         for (key, value) in [("p/c", "1"), ("p/a", "3"), ("p/b", "2"), ("q", "0")] {
             store.put(&put(key, value)).unwrap();
         }
-        let mut request = RangeRequest { key: "p/".into(), range_end: prefix_end("p/"), ..Default::default() };
+        let mut request = RangeRequest {
+            key: "p/".into(),
+            range_end: prefix_end("p/"),
+            ..Default::default()
+        };
         let response = store.range(&request).unwrap();
-        let keys: Vec<_> = response.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+        let keys: Vec<_> = response
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect();
         assert_eq!(keys, ["p/a", "p/b", "p/c"]);
         assert_eq!((response.count, response.more), (3, false));
 
@@ -882,14 +1000,30 @@ mod tests {
         assert_eq!((response.kvs.len(), response.count), (0, 3));
 
         // from-key: range_end = [0]
-        let response = store.range(&RangeRequest { key: "p/b".into(), range_end: vec![0], ..Default::default() }).unwrap();
+        let response = store
+            .range(&RangeRequest {
+                key: "p/b".into(),
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(response.count, 3);
         // all keys
-        let response = store.range(&RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap();
+        let response = store
+            .range(&RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(response.count, 4);
         // keys_only
         let response = store
-            .range(&RangeRequest { key: "q".into(), keys_only: true, ..Default::default() })
+            .range(&RangeRequest {
+                key: "q".into(),
+                keys_only: true,
+                ..Default::default()
+            })
             .unwrap();
         assert!(response.kvs[0].value.is_empty());
     }
@@ -900,39 +1034,82 @@ mod tests {
         store.put(&put("a", "1")).unwrap(); // 2
         store.put(&put("b", "1")).unwrap(); // 3
         store.put(&put("a", "2")).unwrap(); // 4
-        let request = RangeRequest { key: vec![0], range_end: vec![0], min_mod_revision: 4, ..Default::default() };
+        let request = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            min_mod_revision: 4,
+            ..Default::default()
+        };
         let response = store.range(&request).unwrap();
         assert_eq!(response.kvs.len(), 1);
         assert_eq!(response.kvs[0].key, b"a");
         // etcd's count is over the range, before filters.
         assert_eq!(response.count, 2);
-        let request = RangeRequest { key: vec![0], range_end: vec![0], max_create_revision: 2, ..Default::default() };
+        let request = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            max_create_revision: 2,
+            ..Default::default()
+        };
         assert_eq!(store.range(&request).unwrap().kvs.len(), 1);
     }
 
     #[test]
     fn put_options() {
         let mut store = Mvcc::new();
-        let ignore = PutRequest { key: "a".into(), ignore_value: true, ..Default::default() };
+        let ignore = PutRequest {
+            key: "a".into(),
+            ignore_value: true,
+            ..Default::default()
+        };
         assert_eq!(store.put(&ignore), Err(MvccError::KeyNotFound));
         store.put(&put("a", "1")).unwrap();
-        let response = store.put(&PutRequest { prev_kv: true, ..put("a", "2") }).unwrap();
+        let response = store
+            .put(&PutRequest {
+                prev_kv: true,
+                ..put("a", "2")
+            })
+            .unwrap();
         assert_eq!(response.prev_kv.unwrap().value, b"1");
         store.put(&ignore).unwrap();
         assert_eq!(get(&store, "a").unwrap().value, b"2");
         assert_eq!(get(&store, "a").unwrap().version, 3);
-        let bad = PutRequest { key: "a".into(), value: "x".into(), ignore_value: true, ..Default::default() };
+        let bad = PutRequest {
+            key: "a".into(),
+            value: "x".into(),
+            ignore_value: true,
+            ..Default::default()
+        };
         assert_eq!(store.put(&bad), Err(MvccError::ValueProvided));
-        assert_eq!(store.put(&PutRequest { lease: 7, ..put("a", "1") }), Err(MvccError::LeaseNotFound));
+        assert_eq!(
+            store.put(&PutRequest {
+                lease: 7,
+                ..put("a", "1")
+            }),
+            Err(MvccError::LeaseNotFound)
+        );
         assert_eq!(store.put(&put("", "1")), Err(MvccError::EmptyKey));
     }
 
-    fn cmp(key: &str, target: compare::CompareTarget, result: compare::CompareResult, union: compare::TargetUnion) -> Compare {
-        Compare { result: result as i32, target: target as i32, key: key.into(), range_end: vec![], target_union: Some(union) }
+    fn cmp(
+        key: &str,
+        target: compare::CompareTarget,
+        result: compare::CompareResult,
+        union: compare::TargetUnion,
+    ) -> Compare {
+        Compare {
+            result: result as i32,
+            target: target as i32,
+            key: key.into(),
+            range_end: vec![],
+            target_union: Some(union),
+        }
     }
 
     fn op_put(key: &str, value: &str) -> RequestOp {
-        RequestOp { request: Some(request_op::Request::RequestPut(put(key, value))) }
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(put(key, value))),
+        }
     }
 
     #[test]
@@ -941,10 +1118,18 @@ mod tests {
         let mut store = Mvcc::new();
         store.put(&put("a", "1")).unwrap(); // 2
         let txn = TxnRequest {
-            compare: vec![cmp("a", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("1".into()))],
+            compare: vec![cmp(
+                "a",
+                CompareTarget::Value,
+                CompareResult::Equal,
+                TargetUnion::Value("1".into()),
+            )],
             success: vec![op_put("a", "2"), op_put("b", "2")],
             failure: vec![RequestOp {
-                request: Some(request_op::Request::RequestRange(RangeRequest { key: "a".into(), ..Default::default() })),
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: "a".into(),
+                    ..Default::default()
+                })),
             }],
         };
         let response = store.txn(&txn).unwrap();
@@ -969,27 +1154,115 @@ mod tests {
         let mut store = Mvcc::new();
         store.put(&put("a", "1")).unwrap(); // 2
         store.put(&put("a", "1")).unwrap(); // 3
-        let check = |store: &mut Mvcc, compare: Compare| store.txn(&TxnRequest { compare: vec![compare], ..Default::default() }).unwrap().succeeded;
-        assert!(check(&mut store, cmp("a", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(2))));
-        assert!(check(&mut store, cmp("a", CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(2))));
-        assert!(check(&mut store, cmp("a", CompareTarget::Mod, CompareResult::Greater, TargetUnion::ModRevision(2))));
-        assert!(check(&mut store, cmp("a", CompareTarget::Mod, CompareResult::Less, TargetUnion::ModRevision(4))));
-        assert!(check(&mut store, cmp("a", CompareTarget::Value, CompareResult::NotEqual, TargetUnion::Value("x".into()))));
+        let check = |store: &mut Mvcc, compare: Compare| {
+            store
+                .txn(&TxnRequest {
+                    compare: vec![compare],
+                    ..Default::default()
+                })
+                .unwrap()
+                .succeeded
+        };
+        assert!(check(
+            &mut store,
+            cmp(
+                "a",
+                CompareTarget::Version,
+                CompareResult::Equal,
+                TargetUnion::Version(2)
+            )
+        ));
+        assert!(check(
+            &mut store,
+            cmp(
+                "a",
+                CompareTarget::Create,
+                CompareResult::Equal,
+                TargetUnion::CreateRevision(2)
+            )
+        ));
+        assert!(check(
+            &mut store,
+            cmp(
+                "a",
+                CompareTarget::Mod,
+                CompareResult::Greater,
+                TargetUnion::ModRevision(2)
+            )
+        ));
+        assert!(check(
+            &mut store,
+            cmp(
+                "a",
+                CompareTarget::Mod,
+                CompareResult::Less,
+                TargetUnion::ModRevision(4)
+            )
+        ));
+        assert!(check(
+            &mut store,
+            cmp(
+                "a",
+                CompareTarget::Value,
+                CompareResult::NotEqual,
+                TargetUnion::Value("x".into())
+            )
+        ));
         // A missing key compares as version 0 / create revision 0.
-        assert!(check(&mut store, cmp("zz", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))));
-        assert!(check(&mut store, cmp("zz", CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(0))));
+        assert!(check(
+            &mut store,
+            cmp(
+                "zz",
+                CompareTarget::Version,
+                CompareResult::Equal,
+                TargetUnion::Version(0)
+            )
+        ));
+        assert!(check(
+            &mut store,
+            cmp(
+                "zz",
+                CompareTarget::Create,
+                CompareResult::Equal,
+                TargetUnion::CreateRevision(0)
+            )
+        ));
         // ... but a value compare on a missing key always fails, even "!=".
-        assert!(!check(&mut store, cmp("zz", CompareTarget::Value, CompareResult::NotEqual, TargetUnion::Value("x".into()))));
+        assert!(!check(
+            &mut store,
+            cmp(
+                "zz",
+                CompareTarget::Value,
+                CompareResult::NotEqual,
+                TargetUnion::Value("x".into())
+            )
+        ));
         // A malformed range (end before start) holds no key: same rules.
-        let mut malformed = cmp("b", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0));
+        let mut malformed = cmp(
+            "b",
+            CompareTarget::Version,
+            CompareResult::Equal,
+            TargetUnion::Version(0),
+        );
         malformed.range_end = "a".into();
         assert!(check(&mut store, malformed.clone()));
         malformed.target = CompareTarget::Value as i32;
         malformed.target_union = Some(TargetUnion::Value("1".into()));
         assert!(!check(&mut store, malformed));
         // A mismatched target and value is refused.
-        let bad = cmp("a", CompareTarget::Version, CompareResult::Equal, TargetUnion::Value("1".into()));
-        assert!(matches!(store.txn(&TxnRequest { compare: vec![bad], ..Default::default() }), Err(MvccError::InvalidCompare(_))));
+        let bad = cmp(
+            "a",
+            CompareTarget::Version,
+            CompareResult::Equal,
+            TargetUnion::Value("1".into()),
+        );
+        assert!(matches!(
+            store.txn(&TxnRequest {
+                compare: vec![bad],
+                ..Default::default()
+            }),
+            Err(MvccError::InvalidCompare(_))
+        ));
     }
 
     #[test]
@@ -998,17 +1271,41 @@ mod tests {
         let mut store = Mvcc::new();
         store.put(&put("r/a", "1")).unwrap();
         store.put(&put("r/b", "1")).unwrap();
-        let mut compare = cmp("r/", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("1".into()));
+        let mut compare = cmp(
+            "r/",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value("1".into()),
+        );
         compare.range_end = prefix_end("r/");
-        assert!(store.txn(&TxnRequest { compare: vec![compare.clone()], ..Default::default() }).unwrap().succeeded);
+        assert!(
+            store
+                .txn(&TxnRequest {
+                    compare: vec![compare.clone()],
+                    ..Default::default()
+                })
+                .unwrap()
+                .succeeded
+        );
         store.put(&put("r/c", "2")).unwrap();
-        assert!(!store.txn(&TxnRequest { compare: vec![compare], ..Default::default() }).unwrap().succeeded);
+        assert!(
+            !store
+                .txn(&TxnRequest {
+                    compare: vec![compare],
+                    ..Default::default()
+                })
+                .unwrap()
+                .succeeded
+        );
     }
 
     #[test]
     fn txn_duplicate_keys_are_refused_and_change_nothing() {
         let mut store = Mvcc::new();
-        let txn = TxnRequest { success: vec![op_put("a", "1"), op_put("a", "2")], ..Default::default() };
+        let txn = TxnRequest {
+            success: vec![op_put("a", "1"), op_put("a", "2")],
+            ..Default::default()
+        };
         assert_eq!(store.txn(&txn), Err(MvccError::DuplicateKey));
         let txn = TxnRequest {
             success: vec![
@@ -1027,7 +1324,15 @@ mod tests {
         assert_eq!(store.revision(), 1);
         // A failing put in the branch leaves no partial writes.
         let txn = TxnRequest {
-            success: vec![op_put("x", "1"), RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { lease: 5, ..put("y", "1") })) }],
+            success: vec![
+                op_put("x", "1"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        lease: 5,
+                        ..put("y", "1")
+                    })),
+                },
+            ],
             ..Default::default()
         };
         assert_eq!(store.txn(&txn), Err(MvccError::LeaseNotFound));
@@ -1041,15 +1346,27 @@ mod tests {
         // etcd decides nested compares before running any op: "a" is still
         // missing (version 0) although the outer branch puts it first.
         let nested = TxnRequest {
-            compare: vec![cmp("a", compare::CompareTarget::Version, compare::CompareResult::Equal, compare::TargetUnion::Version(0))],
+            compare: vec![cmp(
+                "a",
+                compare::CompareTarget::Version,
+                compare::CompareResult::Equal,
+                compare::TargetUnion::Version(0),
+            )],
             success: vec![op_put("b", "from-nested")],
             failure: vec![],
         };
         let txn = TxnRequest {
             success: vec![
                 op_put("a", "1"),
-                RequestOp { request: Some(request_op::Request::RequestTxn(nested)) },
-                RequestOp { request: Some(request_op::Request::RequestRange(RangeRequest { key: "b".into(), ..Default::default() })) },
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(nested)),
+                },
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: "b".into(),
+                        ..Default::default()
+                    })),
+                },
             ],
             ..Default::default()
         };
@@ -1068,9 +1385,17 @@ mod tests {
 
     #[test]
     fn op_count_includes_nested() {
-        let inner = TxnRequest { success: vec![op_put("a", "1"), op_put("b", "1")], ..Default::default() };
+        let inner = TxnRequest {
+            success: vec![op_put("a", "1"), op_put("b", "1")],
+            ..Default::default()
+        };
         let outer = TxnRequest {
-            success: vec![op_put("c", "1"), RequestOp { request: Some(request_op::Request::RequestTxn(inner)) }],
+            success: vec![
+                op_put("c", "1"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(inner)),
+                },
+            ],
             ..Default::default()
         };
         assert_eq!(txn_op_count(&outer), 4);
@@ -1083,9 +1408,15 @@ mod tests {
         store.put(&put("a", "2")).unwrap();
         store.delete_range(&delete("a")).unwrap();
         store.put(&put("b", "1")).unwrap();
-        store.compact(&CompactionRequest { revision: 3, physical: false }).unwrap();
+        store
+            .compact(&CompactionRequest {
+                revision: 3,
+                physical: false,
+            })
+            .unwrap();
         let bytes = bincode::serde::encode_to_vec(&store, bincode::config::standard()).unwrap();
-        let (restored, _): (Mvcc, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        let (restored, _): (Mvcc, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(restored, store);
     }
 }

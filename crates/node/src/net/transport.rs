@@ -149,9 +149,15 @@ pub fn limit_connections(listener: Listener, max_connections: usize, what: &'sta
             match accepted {
                 Err(error) => Some(Err(error)),
                 Ok(connection) => match slots.try_acquire_owned() {
-                    Ok(slot) => Some(Ok(BoxedConnection(Box::new(CountedConnection { inner: connection, _slot: slot })))),
+                    Ok(slot) => Some(Ok(BoxedConnection(Box::new(CountedConnection {
+                        inner: connection,
+                        _slot: slot,
+                    })))),
                     Err(_) => {
-                        tracing::warn!(limit = max_connections, "{what}: connection limit reached; closing a new connection");
+                        tracing::warn!(
+                            limit = max_connections,
+                            "{what}: connection limit reached; closing a new connection"
+                        );
                         None
                     }
                 },

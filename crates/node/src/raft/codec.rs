@@ -25,7 +25,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, read) =
         bincode::serde::decode_from_slice(bytes, config()).map_err(|error| CodecError(error.to_string()))?;
     if read != bytes.len() {
-        return Err(CodecError(format!("{} trailing bytes after the value", bytes.len() - read)));
+        return Err(CodecError(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - read
+        )));
     }
     Ok(value)
 }

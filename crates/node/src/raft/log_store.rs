@@ -21,6 +21,10 @@
 //! runtime worker for its duration. A group-commit writer thread shared by all
 //! groups is the planned next step (see the performance issue).
 
+// openraft's trait methods return its `StorageError` by value; helpers
+// returning the same type keep `?` working, so its size is not ours to change.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
@@ -47,13 +51,21 @@ pub struct LogStore<C: RaftTypeConfig> {
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self { engine: self.engine.clone(), group: self.group, _config: std::marker::PhantomData }
+        Self {
+            engine: self.engine.clone(),
+            group: self.group,
+            _config: std::marker::PhantomData,
+        }
     }
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
     pub fn new(engine: Arc<dyn Engine>, group: u64) -> Self {
-        Self { engine, group, _config: std::marker::PhantomData }
+        Self {
+            engine,
+            group,
+            _config: std::marker::PhantomData,
+        }
     }
 
     fn read_value<T: DeserializeOwned>(&self, key: Key) -> Result<Option<T>, StorageError<C::NodeId>> {
@@ -64,7 +76,9 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError<C::NodeId>> {
-        self.engine.write(batch, durability).map_err(|error| StorageIOError::write_logs(&error).into())
+        self.engine
+            .write(batch, durability)
+            .map_err(|error| StorageIOError::write_logs(&error).into())
     }
 
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError<C::NodeId>> {
@@ -101,12 +115,23 @@ where
             if end_exclusive.is_some_and(|end| next >= end) {
                 break;
             }
-            let start = Key::RaftLog { group: self.group, index: next }.encode();
+            let start = Key::RaftLog {
+                group: self.group,
+                index: next,
+            }
+            .encode();
             let end = match end_exclusive {
-                Some(end) => Key::RaftLog { group: self.group, index: end }.encode(),
+                Some(end) => Key::RaftLog {
+                    group: self.group,
+                    index: end,
+                }
+                .encode(),
                 None => Key::raft_log_range(self.group).1,
             };
-            let pairs = self.engine.scan(&start, Some(&end), LOG_READ_BATCH_MAX).map_err(|error| read_error(&error))?;
+            let pairs = self
+                .engine
+                .scan(&start, Some(&end), LOG_READ_BATCH_MAX)
+                .map_err(|error| read_error(&error))?;
             let full = pairs.len() == LOG_READ_BATCH_MAX;
             for (_, bytes) in pairs {
                 let entry: Entry<C> = codec::decode(&bytes).map_err(|error| read_error(&error))?;
@@ -131,7 +156,10 @@ where
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
         let last_purged_log_id: Option<LogId<C::NodeId>> = self.read_value(Key::RaftPurged { group: self.group })?;
         let (start, end) = Key::raft_log_range(self.group);
-        let last = self.engine.scan_rev(&start, Some(&end), 1).map_err(|error| read_error(&error))?;
+        let last = self
+            .engine
+            .scan_rev(&start, Some(&end), 1)
+            .map_err(|error| read_error(&error))?;
         let last_log_id = match last.into_iter().next() {
             Some((_, bytes)) => {
                 let entry: Entry<C> = codec::decode(&bytes).map_err(|error| read_error(&error))?;
@@ -139,7 +167,10 @@ where
             }
             None => last_purged_log_id.clone(),
         };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -160,12 +191,17 @@ where
 
     async fn save_committed(&mut self, committed: Option<LogId<C::NodeId>>) -> Result<(), StorageError<C::NodeId>> {
         let mut batch = WriteBatch::new();
-        batch.put(Key::RaftCommitted { group: self.group }.encode(), Self::encode(&committed)?);
+        batch.put(
+            Key::RaftCommitted { group: self.group }.encode(),
+            Self::encode(&committed)?,
+        );
         self.write(batch, Durability::Buffered)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
-        Ok(self.read_value::<Option<LogId<C::NodeId>>>(Key::RaftCommitted { group: self.group })?.flatten())
+        Ok(self
+            .read_value::<Option<LogId<C::NodeId>>>(Key::RaftCommitted { group: self.group })?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<C::NodeId>>
@@ -175,7 +211,11 @@ where
     {
         let mut batch = WriteBatch::new();
         for entry in entries {
-            let key = Key::RaftLog { group: self.group, index: entry.get_log_id().index }.encode();
+            let key = Key::RaftLog {
+                group: self.group,
+                index: entry.get_log_id().index,
+            }
+            .encode();
             batch.put(key, Self::encode(&entry)?);
         }
         let result = self.engine.write(batch, Durability::Sync);

@@ -73,7 +73,12 @@ pub struct RaftSettings {
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        Self { heartbeat_ms: 100, election_timeout_ms: 1000, snapshot_count: 10_000, snapshot_catchup_entries: 5_000 }
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_count: 10_000,
+            snapshot_catchup_entries: 5_000,
+        }
     }
 }
 
@@ -83,7 +88,7 @@ pub const APPEND_ENTRIES_MAX: u64 = 512;
 pub const SNAPSHOT_WIRE_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 
 impl RaftSettings {
-    pub fn openraft_config(&self, cluster_name: &str) -> Result<openraft::Config, openraft::ConfigError> {
+    pub fn openraft_config(&self, cluster_name: &str) -> Result<openraft::Config, Box<openraft::ConfigError>> {
         let config = openraft::Config {
             cluster_name: cluster_name.to_string(),
             heartbeat_interval: self.heartbeat_ms,
@@ -97,6 +102,6 @@ impl RaftSettings {
             snapshot_max_chunk_size: SNAPSHOT_WIRE_CHUNK_BYTES,
             ..Default::default()
         };
-        config.validate()
+        config.validate().map_err(Box::new)
     }
 }

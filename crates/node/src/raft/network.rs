@@ -49,7 +49,10 @@ pub struct PeerPool {
 
 impl PeerPool {
     pub fn new(transport: Arc<dyn Transport>) -> Self {
-        Self { transport, channels: Mutex::new(BTreeMap::new()) }
+        Self {
+            transport,
+            channels: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// A client for the peer at `address` ("host:port").
@@ -95,7 +98,13 @@ where
     async fn new_client(&mut self, target: C::NodeId, node: &C::Node) -> Self::Network {
         let address = node.peer_address();
         let client = address.as_deref().map(|address| self.pool.client(address));
-        PeerConnection { target, address, client, group: self.group, removed: self.removed.clone() }
+        PeerConnection {
+            target,
+            address,
+            client,
+            group: self.group,
+            removed: self.removed.clone(),
+        }
     }
 }
 
@@ -114,7 +123,11 @@ pub enum CallError {
     #[error("peer {target} has no peer address")]
     NoAddress { target: String },
     #[error("peer {target} ({address}) unreachable: {message}")]
-    Unreachable { target: String, address: String, message: String },
+    Unreachable {
+        target: String,
+        address: String,
+        message: String,
+    },
     #[error("peer call to {target} failed: {message}")]
     Network { target: String, message: String },
 }
@@ -135,13 +148,23 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         let Some(client) = self.client.as_mut() else {
             return Err(CallError::NoAddress { target });
         };
-        let payload = codec::encode(request).map_err(|error| CallError::Network { target: target.clone(), message: error.to_string() })?;
-        let mut message = tonic::Request::new(RaftRequest { group_id: self.group, kind: kind as i32, payload });
+        let payload = codec::encode(request).map_err(|error| CallError::Network {
+            target: target.clone(),
+            message: error.to_string(),
+        })?;
+        let mut message = tonic::Request::new(RaftRequest {
+            group_id: self.group,
+            kind: kind as i32,
+            payload,
+        });
         message.set_timeout(deadline);
         let reply = tokio::time::timeout(deadline, client.raft(message)).await;
         let reply = match reply {
             Err(_) => {
-                return Err(CallError::Network { target, message: format!("no reply within {} ms", deadline.as_millis()) })
+                return Err(CallError::Network {
+                    target,
+                    message: format!("no reply within {} ms", deadline.as_millis()),
+                })
             }
             Ok(Err(status)) => {
                 let address = self.address.clone().unwrap_or_default();
@@ -153,13 +176,23 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                     let _ = self.removed.send(true);
                 }
                 return Err(match status.code() {
-                    tonic::Code::Unavailable => CallError::Unreachable { target, address, message: status.message().to_string() },
-                    _ => CallError::Network { target, message: format!("{}: {}", status.code(), status.message()) },
+                    tonic::Code::Unavailable => CallError::Unreachable {
+                        target,
+                        address,
+                        message: status.message().to_string(),
+                    },
+                    _ => CallError::Network {
+                        target,
+                        message: format!("{}: {}", status.code(), status.message()),
+                    },
                 });
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        codec::decode(&reply.payload).map_err(|error| CallError::Network { target, message: error.to_string() })
+        codec::decode(&reply.payload).map_err(|error| CallError::Network {
+            target,
+            message: error.to_string(),
+        })
     }
 }
 
@@ -170,7 +203,9 @@ where
     E: std::error::Error,
 {
     match error {
-        error @ (CallError::Unreachable { .. } | CallError::NoAddress { .. }) => RPCError::Unreachable(Unreachable::new(&error)),
+        error @ (CallError::Unreachable { .. } | CallError::NoAddress { .. }) => {
+            RPCError::Unreachable(Unreachable::new(&error))
+        }
         error @ CallError::Network { .. } => RPCError::Network(NetworkError::new(&error)),
     }
 }
@@ -186,7 +221,10 @@ where
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
         let target = self.target.clone();
-        match self.call::<_, _, RaftError<C::NodeId>>(RaftKind::AppendEntries, &rpc, option.hard_ttl()).await {
+        match self
+            .call::<_, _, RaftError<C::NodeId>>(RaftKind::AppendEntries, &rpc, option.hard_ttl())
+            .await
+        {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(target, remote))),
             Err(error) => Err(rpc_error(error)),
@@ -203,7 +241,11 @@ where
     > {
         let target = self.target.clone();
         match self
-            .call::<_, _, RaftError<C::NodeId, InstallSnapshotError>>(RaftKind::InstallSnapshot, &rpc, option.hard_ttl())
+            .call::<_, _, RaftError<C::NodeId, InstallSnapshotError>>(
+                RaftKind::InstallSnapshot,
+                &rpc,
+                option.hard_ttl(),
+            )
             .await
         {
             Ok(Ok(response)) => Ok(response),
@@ -218,11 +260,13 @@ where
         option: RPCOption,
     ) -> Result<VoteResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
         let target = self.target.clone();
-        match self.call::<_, _, RaftError<C::NodeId>>(RaftKind::Vote, &rpc, option.hard_ttl()).await {
+        match self
+            .call::<_, _, RaftError<C::NodeId>>(RaftKind::Vote, &rpc, option.hard_ttl())
+            .await
+        {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(target, remote))),
             Err(error) => Err(rpc_error(error)),
         }
     }
 }
-

@@ -125,9 +125,13 @@ mod tests {
     #[test]
     fn a_seed_replays_the_same_draws() {
         seed_thread_rng(7);
-        let first: Vec<u64> = (0..5).map(|_| SeededRuntime::thread_rng().gen_range(150..300)).collect();
+        let first: Vec<u64> = (0..5)
+            .map(|_| SeededRuntime::thread_rng().gen_range(150..300))
+            .collect();
         seed_thread_rng(7);
-        let second: Vec<u64> = (0..5).map(|_| SeededRuntime::thread_rng().gen_range(150..300)).collect();
+        let second: Vec<u64> = (0..5)
+            .map(|_| SeededRuntime::thread_rng().gen_range(150..300))
+            .collect();
         unseed_thread_rng();
         assert_eq!(first, second);
     }

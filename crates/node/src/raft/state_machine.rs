@@ -20,6 +20,10 @@
 //! every replica; an internal inconsistency panics and stops the node rather
 //! than letting replicas diverge.
 
+// openraft's trait methods return its `StorageError` by value; helpers
+// returning the same type keep `?` working, so its size is not ours to change.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
@@ -41,7 +45,11 @@ pub trait Application: Default + Send + Sync + 'static {
     type Config: RaftTypeConfig;
 
     /// Apply one committed command at `log_id`.
-    fn apply(&mut self, log_id: &LogId<<Self::Config as RaftTypeConfig>::NodeId>, command: &<Self::Config as RaftTypeConfig>::D) -> <Self::Config as RaftTypeConfig>::R;
+    fn apply(
+        &mut self,
+        log_id: &LogId<<Self::Config as RaftTypeConfig>::NodeId>,
+        command: &<Self::Config as RaftTypeConfig>::D,
+    ) -> <Self::Config as RaftTypeConfig>::R;
 
     /// The response to a log entry that carries no command (blank or
     /// membership entries).
@@ -67,11 +75,18 @@ pub struct Applied<A: Application> {
 
 impl<A: Application> Default for Applied<A> {
     fn default() -> Self {
-        Self { app: A::default(), last_applied: None, last_membership: StoredMembership::default() }
+        Self {
+            app: A::default(),
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+        }
     }
 }
 
 pub type Shared<A> = Arc<RwLock<Applied<A>>>;
+
+/// A stored snapshot: its metadata and its bytes.
+type StoredSnapshot<A> = (SnapshotMeta<NodeIdOf<A>, NodeOf<A>>, Vec<u8>);
 
 /// What a stored snapshot's bytes decode to (besides the application).
 #[derive(Serialize, Deserialize)]
@@ -95,9 +110,14 @@ where
     /// Open the state machine of `group`, restoring the last persisted
     /// snapshot if there is one.
     pub fn open(engine: Arc<dyn Engine>, group: u64) -> Result<Self, StorageError<NodeIdOf<A>>> {
-        let store = Self { shared: Arc::new(RwLock::new(Applied::default())), engine, group };
+        let store = Self {
+            shared: Arc::new(RwLock::new(Applied::default())),
+            engine,
+            group,
+        };
         if let Some((meta, data)) = store.read_snapshot()? {
-            let app = A::from_snapshot(&data).map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+            let app = A::from_snapshot(&data)
+                .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
             let mut applied = store.shared.write().expect("state machine lock poisoned");
             applied.app = app;
             applied.last_applied = meta.last_log_id.clone();
@@ -110,24 +130,40 @@ where
         self.shared.clone()
     }
 
-    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta<NodeIdOf<A>, NodeOf<A>>, Vec<u8>)>, StorageError<NodeIdOf<A>>> {
+    fn read_snapshot(&self) -> Result<Option<StoredSnapshot<A>>, StorageError<NodeIdOf<A>>> {
         let read_error = |error: &dyn std::error::Error| {
-            StorageError::from(StorageIOError::read_snapshot(None, &std::io::Error::other(error.to_string())))
+            StorageError::from(StorageIOError::read_snapshot(
+                None,
+                &std::io::Error::other(error.to_string()),
+            ))
         };
-        let Some(bytes) = self.engine.get(&Key::SnapshotMeta { group: self.group }.encode()).map_err(|e| read_error(&e))? else {
+        let Some(bytes) = self
+            .engine
+            .get(&Key::SnapshotMeta { group: self.group }.encode())
+            .map_err(|e| read_error(&e))?
+        else {
             return Ok(None);
         };
         let envelope: SnapshotEnvelope<A> = codec::decode(&bytes).map_err(|e| read_error(&e))?;
         let mut data = Vec::with_capacity(envelope.total_bytes as usize);
         for chunk in 0..envelope.chunks {
-            let key = Key::SnapshotChunk { group: self.group, chunk }.encode();
+            let key = Key::SnapshotChunk {
+                group: self.group,
+                chunk,
+            }
+            .encode();
             let part = self.engine.get(&key).map_err(|e| read_error(&e))?.ok_or_else(|| {
-                read_error(&std::io::Error::other(format!("snapshot chunk {chunk} of group {} is missing", self.group)))
+                read_error(&std::io::Error::other(format!(
+                    "snapshot chunk {chunk} of group {} is missing",
+                    self.group
+                )))
             })?;
             data.extend_from_slice(&part);
         }
         if data.len() as u64 != envelope.total_bytes {
-            return Err(read_error(&std::io::Error::other("snapshot length does not match its envelope")));
+            return Err(read_error(&std::io::Error::other(
+                "snapshot length does not match its envelope",
+            )));
         }
         Ok(Some((envelope.meta, data)))
     }
@@ -140,17 +176,38 @@ where
         data: &[u8],
     ) -> Result<(), StorageError<NodeIdOf<A>>> {
         let write_error = |error: &dyn std::error::Error| {
-            StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &std::io::Error::other(error.to_string())))
+            StorageError::from(StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(error.to_string()),
+            ))
         };
-        let chunks: Vec<&[u8]> = if data.is_empty() { vec![] } else { data.chunks(SNAPSHOT_CHUNK_BYTES).collect() };
-        let envelope = SnapshotEnvelope::<A> { meta: meta.clone(), chunks: chunks.len() as u32, total_bytes: data.len() as u64 };
+        let chunks: Vec<&[u8]> = if data.is_empty() {
+            vec![]
+        } else {
+            data.chunks(SNAPSHOT_CHUNK_BYTES).collect()
+        };
+        let envelope = SnapshotEnvelope::<A> {
+            meta: meta.clone(),
+            chunks: chunks.len() as u32,
+            total_bytes: data.len() as u64,
+        };
         let mut batch = WriteBatch::new();
         let (start, end) = Key::snapshot_chunk_range(group);
         batch.delete_range(start..end);
         for (index, chunk) in chunks.iter().enumerate() {
-            batch.put(Key::SnapshotChunk { group, chunk: index as u32 }.encode(), chunk.to_vec());
+            batch.put(
+                Key::SnapshotChunk {
+                    group,
+                    chunk: index as u32,
+                }
+                .encode(),
+                chunk.to_vec(),
+            );
         }
-        batch.put(Key::SnapshotMeta { group }.encode(), codec::encode(&envelope).map_err(|e| write_error(&e))?);
+        batch.put(
+            Key::SnapshotMeta { group }.encode(),
+            codec::encode(&envelope).map_err(|e| write_error(&e))?,
+        );
         engine.write(batch, Durability::Sync).map_err(|e| write_error(&e))
     }
 }
@@ -169,16 +226,26 @@ where
     async fn build_snapshot(&mut self) -> Result<Snapshot<A::Config>, StorageError<NodeIdOf<A>>> {
         let (data, last_applied, last_membership) = {
             let applied = self.shared.read().expect("state machine lock poisoned");
-            let data = applied.app.to_snapshot().map_err(|error| StorageIOError::read_state_machine(&error))?;
+            let data = applied
+                .app
+                .to_snapshot()
+                .map_err(|error| StorageIOError::read_state_machine(&error))?;
             (data, applied.last_applied.clone(), applied.last_membership.clone())
         };
         let snapshot_id = match &last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, data.len()),
             None => format!("empty-{}", data.len()),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership,
+            snapshot_id,
+        };
         StateMachineStore::<A>::write_snapshot(&*self.engine, self.group, &meta, &data)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -205,7 +272,10 @@ where
         for entry in entries {
             let log_id = entry.get_log_id().clone();
             if let Some(last) = &applied.last_applied {
-                assert!(log_id.index > last.index, "applying {log_id} after {last}: the log went backwards");
+                assert!(
+                    log_id.index > last.index,
+                    "applying {log_id} after {last}: the log went backwards"
+                );
             }
             applied.last_applied = Some(log_id.clone());
             let response = match &entry.payload {
@@ -222,7 +292,11 @@ where
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { shared: self.shared.clone(), engine: self.engine.clone(), group: self.group }
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            engine: self.engine.clone(),
+            group: self.group,
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeIdOf<A>>> {
@@ -235,7 +309,8 @@ where
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeIdOf<A>>> {
         let data = snapshot.into_inner();
-        let app = A::from_snapshot(&data).map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        let app =
+            A::from_snapshot(&data).map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
         // Durable first: once installed, openraft may purge the log behind it.
         Self::write_snapshot(&*self.engine, self.group, meta, &data)?;
         let mut applied = self.shared.write().expect("state machine lock poisoned");
@@ -246,6 +321,9 @@ where
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<A::Config>>, StorageError<NodeIdOf<A>>> {
-        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }

@@ -46,7 +46,11 @@ pub struct ClientLimits {
 
 impl Default for ClientLimits {
     fn default() -> Self {
-        Self { max_request_bytes: 1_572_864, max_txn_ops: 128, max_key_bytes: 32 * 1024 }
+        Self {
+            max_request_bytes: 1_572_864,
+            max_txn_ops: 128,
+            max_key_bytes: 32 * 1024,
+        }
     }
 }
 
@@ -112,7 +116,9 @@ impl EtcdServices {
     }
 
     fn header(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
-        let revision = header.map(|header| header.revision).unwrap_or_else(|| self.group.read(|app| app.kv.revision()));
+        let revision = header
+            .map(|header| header.revision)
+            .unwrap_or_else(|| self.group.read(|app| app.kv.revision()));
         Some(self.group.header(revision))
     }
 
@@ -136,7 +142,11 @@ impl EtcdServices {
 }
 
 fn unexpected(response: MetaResponse) -> Status {
-    status::status(tonic::Code::Internal, format!("zongheng: unexpected state machine response {response:?}"), "ZH_INTERNAL")
+    status::status(
+        tonic::Code::Internal,
+        format!("zongheng: unexpected state machine response {response:?}"),
+        "ZH_INTERNAL",
+    )
 }
 
 #[tonic::async_trait]
@@ -166,7 +176,10 @@ impl Kv for EtcdServices {
         }
     }
 
-    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         let request = request.into_inner();
         self.check_size(&request)?;
         self.check_key(&request.key)?;
@@ -212,44 +225,89 @@ impl Kv for EtcdServices {
 impl Cluster for EtcdServices {
     async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         let request = request.into_inner();
-        let call = LeaderCall::AddMember { peer_urls: request.peer_ur_ls.clone(), is_learner: request.is_learner };
+        let call = LeaderCall::AddMember {
+            peer_urls: request.peer_ur_ls.clone(),
+            is_learner: request.is_learner,
+        };
         let id = match self.group.call_leader(call).await? {
             LeaderReply::MemberAdded { id } => id,
-            other => return Err(status::status(tonic::Code::Internal, format!("zongheng: unexpected reply {other:?}"), "ZH_INTERNAL")),
+            other => {
+                return Err(status::status(
+                    tonic::Code::Internal,
+                    format!("zongheng: unexpected reply {other:?}"),
+                    "ZH_INTERNAL",
+                ))
+            }
         };
         // Let this node see the new membership before listing it.
         self.group.linearizable_barrier().await?;
-        let member = Member { id, name: String::new(), peer_ur_ls: request.peer_ur_ls, client_ur_ls: vec![], is_learner: request.is_learner };
-        Ok(Response::new(MemberAddResponse { header: self.header(None), member: Some(member), members: self.members() }))
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: request.peer_ur_ls,
+            client_ur_ls: vec![],
+            is_learner: request.is_learner,
+        };
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(None),
+            member: Some(member),
+            members: self.members(),
+        }))
     }
 
-    async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
         self.group.call_leader(LeaderCall::RemoveMember { id }).await?;
         // The removed member may be this node: list what it knows.
         let _ = self.group.linearizable_barrier().await;
-        Ok(Response::new(MemberRemoveResponse { header: self.header(None), members: self.members() }))
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(None),
+            members: self.members(),
+        }))
     }
 
-    async fn member_update(&self, request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
         let request = request.into_inner();
-        self.group.call_leader(LeaderCall::UpdateMember { id: request.id, peer_urls: request.peer_ur_ls }).await?;
+        self.group
+            .call_leader(LeaderCall::UpdateMember {
+                id: request.id,
+                peer_urls: request.peer_ur_ls,
+            })
+            .await?;
         self.group.linearizable_barrier().await?;
-        Ok(Response::new(MemberUpdateResponse { header: self.header(None), members: self.members() }))
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(None),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         if request.into_inner().linearizable {
             self.group.linearizable_barrier().await?;
         }
-        Ok(Response::new(MemberListResponse { header: self.header(None), members: self.members() }))
+        Ok(Response::new(MemberListResponse {
+            header: self.header(None),
+            members: self.members(),
+        }))
     }
 
-    async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
         self.group.call_leader(LeaderCall::PromoteMember { id }).await?;
         self.group.linearizable_barrier().await?;
-        Ok(Response::new(MemberPromoteResponse { header: self.header(None), members: self.members() }))
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(None),
+            members: self.members(),
+        }))
     }
 }
 
@@ -259,14 +317,21 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 impl Maintenance for EtcdServices {
     async fn alarm(&self, _request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         // No alarms are raised yet (no space quota, no corruption checker).
-        Ok(Response::new(AlarmResponse { header: self.header(None), alarms: vec![] }))
+        Ok(Response::new(AlarmResponse {
+            header: self.header(None),
+            alarms: vec![],
+        }))
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let (leader, last_log_index, applied, learner) = {
             let metrics = self.group.raft.metrics();
             let metrics = metrics.borrow();
-            let learner = metrics.membership_config.membership().learner_ids().any(|id| id == self.group.node_id);
+            let learner = metrics
+                .membership_config
+                .membership()
+                .learner_ids()
+                .any(|id| id == self.group.node_id);
             (
                 metrics.current_leader.unwrap_or(0),
                 metrics.last_log_index.unwrap_or(0),
@@ -296,7 +361,9 @@ impl Maintenance for EtcdServices {
 
     async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         // redb reuses freed pages itself; there is nothing to rewrite.
-        Ok(Response::new(DefragmentResponse { header: self.header(None) }))
+        Ok(Response::new(DefragmentResponse {
+            header: self.header(None),
+        }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

@@ -50,7 +50,11 @@ fn refuse_removed(group: &MetaGroup, sender: Option<u64>) -> Result<(), Status> 
     if metrics.membership_config.membership().get_node(&sender).is_some() {
         return Ok(());
     }
-    Err(crate::server::status::status(tonic::Code::FailedPrecondition, MEMBER_REMOVED_MESSAGE, MEMBER_REMOVED_CODE))
+    Err(crate::server::status::status(
+        tonic::Code::FailedPrecondition,
+        MEMBER_REMOVED_MESSAGE,
+        MEMBER_REMOVED_CODE,
+    ))
 }
 
 /// What the leader answers a removed member (see [`refuse_removed`]).
@@ -83,7 +87,8 @@ impl Peer for PeerService {
                 encode_reply(&group.raft.vote(rpc).await)?
             }
             RaftKind::InstallSnapshot => {
-                let rpc: InstallSnapshotRequest<MetaRaftConfig> = codec::decode(&request.payload).map_err(bad_payload)?;
+                let rpc: InstallSnapshotRequest<MetaRaftConfig> =
+                    codec::decode(&request.payload).map_err(bad_payload)?;
                 encode_reply(&group.raft.install_snapshot(rpc).await)?
             }
             RaftKind::Unspecified => return Err(Status::invalid_argument("zongheng: raft message kind not set")),
@@ -98,9 +103,13 @@ impl Peer for PeerService {
         let result = if group.is_leader() {
             group.execute_on_leader(call, Instant::now() + REQUEST_TIMEOUT).await
         } else {
-            Err(MetaError::NotLeader { leader: group.current_leader() })
+            Err(MetaError::NotLeader {
+                leader: group.current_leader(),
+            })
         };
-        Ok(Response::new(ForwardReply { payload: encode_reply(&result)? }))
+        Ok(Response::new(ForwardReply {
+            payload: encode_reply(&result)?,
+        }))
     }
 
     async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
@@ -121,8 +130,17 @@ impl Peer for PeerService {
         let members = group
             .members()
             .into_iter()
-            .map(|member| PeerMember { id: member.id, name: member.name, peer_urls: member.peer_urls, is_learner: member.is_learner })
+            .map(|member| PeerMember {
+                id: member.id,
+                name: member.name,
+                peer_urls: member.peer_urls,
+                is_learner: member.is_learner,
+            })
             .collect();
-        Ok(Response::new(MembersReply { cluster_id: group.cluster_id, members, leader_id: group.current_leader().unwrap_or(0) }))
+        Ok(Response::new(MembersReply {
+            cluster_id: group.cluster_id,
+            members,
+            leader_id: group.current_leader().unwrap_or(0),
+        }))
     }
 }

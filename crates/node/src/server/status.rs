@@ -17,16 +17,27 @@ pub const ERROR_CODE_METADATA: &str = "x-zongheng-error";
 /// A status with etcd's code and message and zongheng's stable code.
 pub fn status(code: Code, message: impl Into<String>, zongheng_code: &'static str) -> Status {
     let mut status = Status::new(code, message);
-    status.metadata_mut().insert(ERROR_CODE_METADATA, tonic::metadata::MetadataValue::from_static(zongheng_code));
+    status.metadata_mut().insert(
+        ERROR_CODE_METADATA,
+        tonic::metadata::MetadataValue::from_static(zongheng_code),
+    );
     status
 }
 
 pub fn request_too_large() -> Status {
-    status(Code::InvalidArgument, "etcdserver: request is too large", "ZH_REQUEST_TOO_LARGE")
+    status(
+        Code::InvalidArgument,
+        "etcdserver: request is too large",
+        "ZH_REQUEST_TOO_LARGE",
+    )
 }
 
 pub fn too_many_ops() -> Status {
-    status(Code::InvalidArgument, "etcdserver: too many operations in txn request", "ZH_TXN_TOO_MANY_OPS")
+    status(
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+        "ZH_TXN_TOO_MANY_OPS",
+    )
 }
 
 pub fn key_too_large(limit: usize) -> Status {
@@ -48,28 +59,48 @@ pub fn unimplemented(what: &str) -> Status {
 impl From<MvccError> for Status {
     fn from(error: MvccError) -> Self {
         match error {
-            MvccError::Compacted => {
-                status(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted", "ZH_MVCC_COMPACTED")
-            }
+            MvccError::Compacted => status(
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+                "ZH_MVCC_COMPACTED",
+            ),
             MvccError::FutureRevision => status(
                 Code::OutOfRange,
                 "etcdserver: mvcc: required revision is a future revision",
                 "ZH_MVCC_FUTURE_REVISION",
             ),
             MvccError::KeyNotFound => status(Code::InvalidArgument, "etcdserver: key not found", "ZH_KEY_NOT_FOUND"),
-            MvccError::LeaseNotFound => status(Code::NotFound, "etcdserver: requested lease not found", "ZH_LEASE_NOT_FOUND"),
+            MvccError::LeaseNotFound => status(
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+                "ZH_LEASE_NOT_FOUND",
+            ),
             MvccError::EmptyKey => status(Code::InvalidArgument, "etcdserver: key is not provided", "ZH_EMPTY_KEY"),
-            MvccError::ValueProvided => status(Code::InvalidArgument, "etcdserver: value is provided", "ZH_VALUE_PROVIDED"),
-            MvccError::LeaseProvided => status(Code::InvalidArgument, "etcdserver: lease is provided", "ZH_LEASE_PROVIDED"),
-            MvccError::DuplicateKey => {
-                status(Code::InvalidArgument, "etcdserver: duplicate key given in txn request", "ZH_TXN_DUPLICATE_KEY")
-            }
-            MvccError::InvalidCompare(detail) => {
-                status(Code::InvalidArgument, format!("etcdserver: invalid compare: {detail}"), "ZH_TXN_INVALID_COMPARE")
-            }
-            MvccError::InvalidRequest(detail) => {
-                status(Code::InvalidArgument, format!("etcdserver: invalid request: {detail}"), "ZH_INVALID_REQUEST")
-            }
+            MvccError::ValueProvided => status(
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+                "ZH_VALUE_PROVIDED",
+            ),
+            MvccError::LeaseProvided => status(
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+                "ZH_LEASE_PROVIDED",
+            ),
+            MvccError::DuplicateKey => status(
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+                "ZH_TXN_DUPLICATE_KEY",
+            ),
+            MvccError::InvalidCompare(detail) => status(
+                Code::InvalidArgument,
+                format!("etcdserver: invalid compare: {detail}"),
+                "ZH_TXN_INVALID_COMPARE",
+            ),
+            MvccError::InvalidRequest(detail) => status(
+                Code::InvalidArgument,
+                format!("etcdserver: invalid request: {detail}"),
+                "ZH_INVALID_REQUEST",
+            ),
         }
     }
 }
@@ -84,12 +115,16 @@ impl From<MetaError> for Status {
             MetaError::Stopped => status(Code::Unavailable, "etcdserver: server stopped", "ZH_STOPPED"),
             MetaError::Refused(mvcc) => mvcc.into(),
             MetaError::MemberNotFound => status(Code::NotFound, "etcdserver: member not found", "ZH_MEMBER_NOT_FOUND"),
-            MetaError::PeerUrlExists => {
-                status(Code::FailedPrecondition, "etcdserver: Peer URLs already exists", "ZH_PEER_URL_EXISTS")
-            }
-            MetaError::NotLearner => {
-                status(Code::FailedPrecondition, "etcdserver: can only promote a learner member", "ZH_MEMBER_NOT_LEARNER")
-            }
+            MetaError::PeerUrlExists => status(
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+                "ZH_PEER_URL_EXISTS",
+            ),
+            MetaError::NotLearner => status(
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+                "ZH_MEMBER_NOT_LEARNER",
+            ),
             MetaError::LearnerNotReady => status(
                 Code::FailedPrecondition,
                 "etcdserver: can only promote a learner member which is in sync with leader",
@@ -100,10 +135,16 @@ impl From<MetaError> for Status {
                 "etcdserver: a membership change is in progress; retry",
                 "ZH_MEMBERSHIP_IN_PROGRESS",
             ),
-            MetaError::InvalidArgument(detail) => {
-                status(Code::InvalidArgument, format!("etcdserver: {detail}"), "ZH_INVALID_ARGUMENT")
-            }
-            MetaError::Internal(detail) => status(Code::Internal, format!("zongheng: internal error: {detail}"), "ZH_INTERNAL"),
+            MetaError::InvalidArgument(detail) => status(
+                Code::InvalidArgument,
+                format!("etcdserver: {detail}"),
+                "ZH_INVALID_ARGUMENT",
+            ),
+            MetaError::Internal(detail) => status(
+                Code::Internal,
+                format!("zongheng: internal error: {detail}"),
+                "ZH_INTERNAL",
+            ),
         }
     }
 }
