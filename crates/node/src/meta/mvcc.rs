@@ -293,11 +293,8 @@ impl Mvcc {
                     create_revision: stored.create_revision,
                     mod_revision: history.mod_revision_at(read_revision),
                     version: stored.version,
-                    value: if request.keys_only {
-                        Vec::new()
-                    } else {
-                        stored.value.clone()
-                    },
+                    // Values stay until after sorting: keys-only may sort by value.
+                    value: stored.value.clone(),
                     lease: stored.lease,
                 };
                 if passes_revision_filters(request, &kv) {
@@ -306,6 +303,11 @@ impl Mvcc {
             }
         }
         sort_kvs(request, &mut kvs)?;
+        if request.keys_only {
+            for kv in &mut kvs {
+                kv.value = Vec::new();
+            }
+        }
         let mut more = false;
         if request.limit > 0 && kvs.len() > request.limit as usize {
             kvs.truncate(request.limit as usize);
@@ -1017,6 +1019,20 @@ mod tests {
             })
             .unwrap();
         assert_eq!(response.count, 4);
+        // keys_only, also when sorting by value
+        let response = store
+            .range(&RangeRequest {
+                key: "p/".into(),
+                range_end: prefix_end("p/"),
+                keys_only: true,
+                sort_target: range_request::SortTarget::Value as i32,
+                sort_order: range_request::SortOrder::Ascend as i32,
+                ..Default::default()
+            })
+            .unwrap();
+        let keys: Vec<_> = response.kvs.iter().map(|kv| kv.key.clone()).collect();
+        assert_eq!(keys, [b"p/c".to_vec(), b"p/b".to_vec(), b"p/a".to_vec()]);
+        assert!(response.kvs.iter().all(|kv| kv.value.is_empty()));
         // keys_only
         let response = store
             .range(&RangeRequest {
