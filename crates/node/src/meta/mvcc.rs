@@ -302,6 +302,18 @@ impl Mvcc {
                 }
             }
         }
+        // etcd 3.4 fetches everything only when the request asked for an
+        // order or a revision filter; otherwise it stops at `limit + 1` keys
+        // in key order and sorts (a non-key target defaults to ascending)
+        // only those. Reproduced so that clients see what etcd returns.
+        let fetch_all = request.sort_order != range_request::SortOrder::None as i32
+            || request.min_mod_revision != 0
+            || request.max_mod_revision != 0
+            || request.min_create_revision != 0
+            || request.max_create_revision != 0;
+        if !fetch_all && request.limit > 0 {
+            kvs.truncate(request.limit as usize + 1);
+        }
         sort_kvs(request, &mut kvs)?;
         if request.keys_only {
             for kv in &mut kvs {
@@ -563,6 +575,12 @@ impl Mvcc {
         path: &mut impl Iterator<Item = bool>,
     ) -> Vec<ResponseOp> {
         let mut responses = Vec::with_capacity(ops.len());
+        // etcd gives each response inside a txn a header holding only the
+        // revision the txn has reached at that op: the current revision until
+        // the first change, the txn's new revision after it.
+        let header_at = |store: &Mvcc, changed: bool| {
+            Some(ResponseHeader { revision: if changed { revision } else { store.revision }, ..Default::default() })
+        };
         for op in ops {
             let response = match op.request.as_ref().expect("checked by check_ops") {
                 request_op::Request::RequestRange(range) => {
@@ -578,13 +596,13 @@ impl Mvcc {
                     let result = self.range_at_tip(&read);
                     self.revision = tip;
                     let mut range_response = result.expect("checked by check_ops");
-                    range_response.header = Some(ResponseHeader::default());
+                    range_response.header = header_at(self, *changed);
                     response_op::Response::ResponseRange(range_response)
                 }
                 request_op::Request::RequestPut(put) => {
                     *changed = true;
                     let mut put_response = self.apply_put(put, revision);
-                    put_response.header = Some(ResponseHeader::default());
+                    put_response.header = header_at(self, *changed);
                     response_op::Response::ResponsePut(put_response)
                 }
                 request_op::Request::RequestDeleteRange(delete) => {
@@ -592,7 +610,7 @@ impl Mvcc {
                     if delete_response.deleted > 0 {
                         *changed = true;
                     }
-                    delete_response.header = Some(ResponseHeader::default());
+                    delete_response.header = header_at(self, *changed);
                     response_op::Response::ResponseDeleteRange(delete_response)
                 }
                 request_op::Request::RequestTxn(txn) => {
@@ -600,7 +618,7 @@ impl Mvcc {
                     let branch = if succeeded { &txn.success } else { &txn.failure };
                     let nested = self.apply_ops(branch, revision, changed, path);
                     response_op::Response::ResponseTxn(TxnResponse {
-                        header: Some(ResponseHeader::default()),
+                        header: header_at(self, *changed),
                         succeeded,
                         responses: nested,
                     })
@@ -1397,6 +1415,49 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(get(&store, "b").unwrap().mod_revision, 2);
+    }
+
+    #[test]
+    fn txn_inner_headers_carry_the_revision_reached() {
+        let mut store = Mvcc::new();
+        store.put(&put("a", "1")).unwrap(); // 2
+        let read_a = RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest { key: "a".into(), ..Default::default() })),
+        };
+        let txn = TxnRequest { success: vec![read_a.clone(), op_put("b", "1"), read_a], ..Default::default() };
+        let response = store.txn(&txn).unwrap();
+        let revisions: Vec<i64> = response
+            .responses
+            .iter()
+            .map(|op| match &op.response {
+                Some(response_op::Response::ResponseRange(r)) => r.header.as_ref().unwrap().revision,
+                Some(response_op::Response::ResponsePut(r)) => r.header.as_ref().unwrap().revision,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(revisions, [2, 3, 3]);
+    }
+
+    #[test]
+    fn limit_without_order_sorts_only_the_first_keys_as_etcd_does() {
+        let mut store = Mvcc::new();
+        for (key, value) in [("s/a", "3"), ("s/b", "2"), ("s/c", "4"), ("s/d", "1")] {
+            store.put(&put(key, value)).unwrap();
+        }
+        let mut request = RangeRequest {
+            key: "s/".into(),
+            range_end: prefix_end("s/"),
+            limit: 2,
+            sort_target: range_request::SortTarget::Value as i32,
+            ..Default::default()
+        };
+        let keys = |store: &Mvcc, request: &RangeRequest| -> Vec<Vec<u8>> {
+            store.range(request).unwrap().kvs.into_iter().map(|kv| kv.key).collect()
+        };
+        // No order: the first 3 keys in key order (a, b, c) sorted by value.
+        assert_eq!(keys(&store, &request), [b"s/b".to_vec(), b"s/a".to_vec()]);
+        request.sort_order = range_request::SortOrder::Ascend as i32;
+        assert_eq!(keys(&store, &request), [b"s/d".to_vec(), b"s/b".to_vec()]);
     }
 
     #[test]
