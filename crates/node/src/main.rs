@@ -53,13 +53,17 @@ async fn run_node(args: zongheng::config::NodeArgs) -> anyhow::Result<()> {
         .map_err(|error| anyhow::anyhow!("cannot create --data-dir {}: {error}", config.data_dir.display()))?;
     let engine = zongheng_storage::RedbEngine::open(config.data_dir.join("zongheng.redb"))?;
     let node = zongheng::node::start(config, Arc::new(TcpTransport), Arc::new(engine)).await?;
-    tokio::select! {
-        _ = wait_for_termination() => tracing::info!("shutting down"),
-        _ = node.removed() => tracing::warn!("removed from the cluster; shutting down"),
-    }
+    let fatal = tokio::select! {
+        _ = wait_for_termination() => { tracing::info!("shutting down"); None }
+        _ = node.removed() => { tracing::warn!("removed from the cluster; shutting down"); None }
+        reason = node.fatal() => { tracing::error!(%reason, "raft stopped; shutting down"); Some(reason) }
+    };
     node.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    match fatal {
+        Some(reason) => anyhow::bail!("the node stopped on a fatal error: {reason}"),
+        None => Ok(()),
+    }
 }
 
 /// SIGTERM or Ctrl-C.

@@ -46,6 +46,10 @@ use crate::server::peer::PeerService;
 
 /// Most open client connections per node (each costs buffers and a task).
 pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
+/// Largest response a client can receive (etcd's own is 2 GiB - 1, the
+/// gRPC maximum); a range over more data fails with `ResourceExhausted`
+/// and should be paged with `limit`.
+pub const CLIENT_RESPONSE_BYTES_MAX: usize = i32::MAX as usize;
 /// Most concurrent gRPC streams (requests in flight) per client connection.
 pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 1_000;
 /// Most open peer connections per node (peers keep one each; the rest is
@@ -103,6 +107,21 @@ impl NodeHandle {
     pub async fn removed(&self) {
         let mut removed = self.removed.clone();
         let _ = removed.wait_for(|removed| *removed).await;
+    }
+
+    /// Resolves with the reason if Raft stopped by itself (a storage error, a
+    /// panic in the state machine): the node can no longer serve and must exit
+    /// rather than linger half alive.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.meta.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
     }
 
     /// Stop serving, then stop Raft (flushing what it holds). Followers elect
@@ -331,7 +350,7 @@ pub async fn start(
             .add_service(
                 KvServer::new(services.clone())
                     .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
+                    .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
             )
             .add_service(ClusterServer::new(services.clone()).max_decoding_message_size(max_message))
             .add_service(MaintenanceServer::new(services).max_decoding_message_size(max_message))

@@ -47,11 +47,10 @@ use zongheng_proto::etcdserverpb::cluster_client::ClusterClient;
 use zongheng_proto::etcdserverpb::kv_client::KvClient;
 use zongheng_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use zongheng_proto::etcdserverpb::{
-    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
-    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse,
+    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 
 /// Where the client looks when `--endpoints` is not given: a node started
@@ -176,11 +175,7 @@ pub struct ParsedEndpoint {
 /// is kept: it is the order in which endpoints are tried.
 pub fn parse_endpoints(input: &str) -> Result<Vec<ParsedEndpoint>, ClientError> {
     let mut endpoints: Vec<ParsedEndpoint> = Vec::new();
-    for item in input
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-    {
+    for item in input.split(',').map(str::trim).filter(|item| !item.is_empty()) {
         let endpoint = parse_endpoint(item)?;
         if !endpoints.iter().any(|known| known.url == endpoint.url) {
             endpoints.push(endpoint);
@@ -205,12 +200,7 @@ fn parse_endpoint(item: &str) -> Result<ParsedEndpoint, ClientError> {
     let address = match item.split_once("://") {
         Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
             "http" => rest,
-            "https" => {
-                return Err(invalid_endpoint(
-                    item,
-                    "TLS is not supported yet; use http://",
-                ))
-            }
+            "https" => return Err(invalid_endpoint(item, "TLS is not supported yet; use http://")),
             _ => {
                 return Err(invalid_endpoint(
                     item,
@@ -229,10 +219,7 @@ fn parse_endpoint(item: &str) -> Result<ParsedEndpoint, ClientError> {
             return Err(invalid_endpoint(item, "missing ']' after an IPv6 address"));
         };
         let Some(port) = after.strip_prefix(':') else {
-            return Err(invalid_endpoint(
-                item,
-                "missing port after the IPv6 address",
-            ));
+            return Err(invalid_endpoint(item, "missing port after the IPv6 address"));
         };
         (format!("[{host}]"), port)
     } else {
@@ -325,11 +312,13 @@ impl ServerFailure {
             Some("ZH_MVCC_COMPACTED") => {
                 return Some("that revision was compacted away; read at a newer --rev, or leave --rev out")
             }
-            Some("ZH_MVCC_FUTURE_REVISION") => {
-                return Some("that revision does not exist yet; the current one is the header revision of `zongheng kv get --json`")
-            }
+            Some("ZH_MVCC_FUTURE_REVISION") => return Some(
+                "that revision does not exist yet; the current one is the header revision of `zongheng kv get --json`",
+            ),
             Some("ZH_MEMBER_NOT_FOUND") => return Some("check the ID with `zongheng member list`"),
-            Some("ZH_LEASE_NOT_FOUND") => return Some("the lease expired or never existed; grant a new one or drop --lease"),
+            Some("ZH_LEASE_NOT_FOUND") => {
+                return Some("the lease expired or never existed; grant a new one or drop --lease")
+            }
             Some("ZH_KEY_TOO_LARGE") | Some("ZH_REQUEST_TOO_LARGE") => {
                 return Some("make the request smaller, or raise the limit on every node")
             }
@@ -337,8 +326,12 @@ impl ServerFailure {
             _ => {}
         }
         match self.code {
-            Code::Unavailable => Some("the cluster may have no leader (lost quorum) or the node is down; check `zongheng status` and retry"),
-            Code::DeadlineExceeded => Some("the server gave up within --command-timeout; raise it or check `zongheng status`"),
+            Code::Unavailable => Some(
+                "the cluster may have no leader (lost quorum) or the node is down; check `zongheng status` and retry",
+            ),
+            Code::DeadlineExceeded => {
+                Some("the server gave up within --command-timeout; raise it or check `zongheng status`")
+            }
             Code::Unimplemented => Some("this server does not support the call yet"),
             _ => None,
         }
@@ -408,8 +401,7 @@ fn join_attempts(attempts: &[(String, String)]) -> String {
 }
 
 fn hint_suffix(hint: Option<&'static str>) -> String {
-    hint.map(|hint| format!(". Hint: {hint}"))
-        .unwrap_or_default()
+    hint.map(|hint| format!(". Hint: {hint}")).unwrap_or_default()
 }
 
 fn check_hint(call: &str) -> &'static str {
@@ -481,10 +473,7 @@ impl Client {
         dial_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<Client, ClientError> {
-        assert!(
-            !endpoints.is_empty(),
-            "parse_endpoints never returns an empty list"
-        );
+        assert!(!endpoints.is_empty(), "parse_endpoints never returns an empty list");
         let mut attempts = Vec::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
             match dial(&endpoint.url, dial_timeout).await {
@@ -559,8 +548,7 @@ impl Client {
             let mut request = tonic::Request::new(message.clone());
             request.set_timeout(self.command_timeout);
             let endpoint = self.endpoint().to_string();
-            let answer =
-                tokio::time::timeout(self.command_timeout, send(self.channel(), request)).await;
+            let answer = tokio::time::timeout(self.command_timeout, send(self.channel(), request)).await;
             let timed_out = format!(
                 "no answer within --command-timeout {} ms",
                 self.command_timeout.as_millis()
@@ -590,9 +578,7 @@ impl Client {
                     }
                     // A connect error means the channel could not reconnect,
                     // so nothing was sent: safe to send elsewhere, even a write.
-                    if retry == Retry::AtMostOnce
-                        && !source_chain_has::<tonic::ConnectError>(&status)
-                    {
+                    if retry == Retry::AtMostOnce && !source_chain_has::<tonic::ConnectError>(&status) {
                         return Err(ClientError::OutcomeUnknown {
                             call,
                             endpoint,
@@ -622,11 +608,7 @@ impl Client {
     /// Moves to the next endpoint (in `--endpoints` order, after the current
     /// one) that has not been tried for this call and that answers a dial.
     /// Returns false when there is none left.
-    async fn fail_over(
-        &mut self,
-        tried: &mut Vec<usize>,
-        attempts: &mut Vec<(String, String)>,
-    ) -> bool {
+    async fn fail_over(&mut self, tried: &mut Vec<usize>, attempts: &mut Vec<(String, String)>) -> bool {
         let count = self.endpoints.len();
         let start = self.current;
         for step in 1..count {
@@ -642,9 +624,7 @@ impl Client {
                     self.current = index;
                     return true;
                 }
-                Err(reason) => {
-                    attempts.push((endpoint.display.clone(), format!("dial failed: {reason}")))
-                }
+                Err(reason) => attempts.push((endpoint.display.clone(), format!("dial failed: {reason}"))),
             }
         }
         false
@@ -652,37 +632,25 @@ impl Client {
 
     /// KV.Range. A read: fails over.
     pub async fn range(&mut self, request: RangeRequest) -> Result<RangeResponse, ClientError> {
-        self.call(
-            "range",
-            Retry::Idempotent,
-            request,
-            |channel, request| async move { kv_client(channel).range(request).await },
-        )
+        self.call("range", Retry::Idempotent, request, |channel, request| async move {
+            kv_client(channel).range(request).await
+        })
         .await
     }
 
     /// KV.Put. A write: sent once.
     pub async fn put(&mut self, request: PutRequest) -> Result<PutResponse, ClientError> {
-        self.call(
-            "put",
-            Retry::AtMostOnce,
-            request,
-            |channel, request| async move { kv_client(channel).put(request).await },
-        )
+        self.call("put", Retry::AtMostOnce, request, |channel, request| async move {
+            kv_client(channel).put(request).await
+        })
         .await
     }
 
     /// KV.DeleteRange. A write: sent once.
-    pub async fn delete_range(
-        &mut self,
-        request: DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, ClientError> {
-        self.call(
-            "delete",
-            Retry::AtMostOnce,
-            request,
-            |channel, request| async move { kv_client(channel).delete_range(request).await },
-        )
+    pub async fn delete_range(&mut self, request: DeleteRangeRequest) -> Result<DeleteRangeResponse, ClientError> {
+        self.call("delete", Retry::AtMostOnce, request, |channel, request| async move {
+            kv_client(channel).delete_range(request).await
+        })
         .await
     }
 
@@ -702,24 +670,15 @@ impl Client {
 
     /// KV.Compact. Sent once: compacting twice fails the second time with
     /// "compacted", which would hide that the first one worked.
-    pub async fn compact(
-        &mut self,
-        request: CompactionRequest,
-    ) -> Result<CompactionResponse, ClientError> {
-        self.call(
-            "compact",
-            Retry::AtMostOnce,
-            request,
-            |channel, request| async move { kv_client(channel).compact(request).await },
-        )
+    pub async fn compact(&mut self, request: CompactionRequest) -> Result<CompactionResponse, ClientError> {
+        self.call("compact", Retry::AtMostOnce, request, |channel, request| async move {
+            kv_client(channel).compact(request).await
+        })
         .await
     }
 
     /// Cluster.MemberList. A read: fails over.
-    pub async fn member_list(
-        &mut self,
-        request: MemberListRequest,
-    ) -> Result<MemberListResponse, ClientError> {
+    pub async fn member_list(&mut self, request: MemberListRequest) -> Result<MemberListResponse, ClientError> {
         self.call(
             "member list",
             Retry::Idempotent,
@@ -730,10 +689,7 @@ impl Client {
     }
 
     /// Cluster.MemberAdd. A membership change: sent once.
-    pub async fn member_add(
-        &mut self,
-        request: MemberAddRequest,
-    ) -> Result<MemberAddResponse, ClientError> {
+    pub async fn member_add(&mut self, request: MemberAddRequest) -> Result<MemberAddResponse, ClientError> {
         self.call(
             "member add",
             Retry::AtMostOnce,
@@ -744,10 +700,7 @@ impl Client {
     }
 
     /// Cluster.MemberRemove. A membership change: sent once.
-    pub async fn member_remove(
-        &mut self,
-        request: MemberRemoveRequest,
-    ) -> Result<MemberRemoveResponse, ClientError> {
+    pub async fn member_remove(&mut self, request: MemberRemoveRequest) -> Result<MemberRemoveResponse, ClientError> {
         self.call(
             "member remove",
             Retry::AtMostOnce,
@@ -819,8 +772,7 @@ pub fn txn_is_read_only(request: &TxnRequest) -> bool {
         .all(|op| match &op.request {
             Some(request_op::Request::RequestRange(_)) | None => true,
             Some(request_op::Request::RequestTxn(nested)) => txn_is_read_only(nested),
-            Some(request_op::Request::RequestPut(_))
-            | Some(request_op::Request::RequestDeleteRange(_)) => false,
+            Some(request_op::Request::RequestPut(_)) | Some(request_op::Request::RequestDeleteRange(_)) => false,
         })
 }
 
@@ -899,16 +851,9 @@ pub fn json_line<T: serde::Serialize>(value: &T) -> String {
 /// spaces; the last column is not padded, so no line ends in spaces.
 pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let columns = headers.len();
-    let mut widths: Vec<usize> = headers
-        .iter()
-        .map(|header| header.chars().count())
-        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
     for row in rows {
-        assert_eq!(
-            row.len(),
-            columns,
-            "every table row has one cell per header"
-        );
+        assert_eq!(row.len(), columns, "every table row has one cell per header");
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -978,10 +923,7 @@ pub fn parse_hex_id(input: &str) -> Result<u64, String> {
 /// head`) is not an error.
 pub fn print_output(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(error) => Err(anyhow::anyhow!("could not write to stdout: {error}")),
@@ -995,16 +937,11 @@ mod tests {
 
     #[test]
     fn endpoints_accept_host_port_and_http_urls() {
-        let endpoints =
-            parse_endpoints(" 127.0.0.1:2379, http://node2:22379/ ,,[::1]:2379").unwrap();
+        let endpoints = parse_endpoints(" 127.0.0.1:2379, http://node2:22379/ ,,[::1]:2379").unwrap();
         let urls: Vec<&str> = endpoints.iter().map(|e| e.url.as_str()).collect();
         assert_eq!(
             urls,
-            [
-                "http://127.0.0.1:2379",
-                "http://node2:22379",
-                "http://[::1]:2379"
-            ]
+            ["http://127.0.0.1:2379", "http://node2:22379", "http://[::1]:2379"]
         );
         assert_eq!(endpoints[1].display, "http://node2:22379/");
         assert_eq!(parse_endpoints(DEFAULT_ENDPOINTS).unwrap().len(), 1);
@@ -1038,9 +975,7 @@ mod tests {
             assert!(error.contains("e.g. 127.0.0.1:2379"), "{error}");
         }
         // The limit counts distinct endpoints.
-        let list: Vec<String> = (1..=ENDPOINTS_MAX + 1)
-            .map(|port| format!("h:{port}"))
-            .collect();
+        let list: Vec<String> = (1..=ENDPOINTS_MAX + 1).map(|port| format!("h:{port}")).collect();
         let error = parse_endpoints(&list.join(",")).unwrap_err().to_string();
         assert!(error.contains("limit"), "{error}");
     }
@@ -1052,9 +987,7 @@ mod tests {
         assert_eq!(parse_timeout_ms("2s"), Ok(2000));
         assert_eq!(parse_timeout_ms("1m"), Ok(60_000));
         assert!(parse_timeout_ms("0").unwrap_err().contains("at least 1 ms"));
-        assert!(parse_timeout_ms("soon")
-            .unwrap_err()
-            .contains("not a duration"));
+        assert!(parse_timeout_ms("soon").unwrap_err().contains("not a duration"));
         assert!(parse_timeout_ms("2h").is_err());
         assert!(parse_timeout_ms("61m").unwrap_err().contains("limit"));
     }
@@ -1247,16 +1180,7 @@ mod tests {
         assert!(after.json);
         assert_eq!(after.dial_timeout_ms, 2000);
 
-        let before = kv_client_options(&[
-            "kv",
-            "--endpoints",
-            "a:1",
-            "--command-timeout",
-            "750",
-            "put",
-            "k",
-            "v",
-        ]);
+        let before = kv_client_options(&["kv", "--endpoints", "a:1", "--command-timeout", "750", "put", "k", "v"]);
         assert_eq!(before.endpoints, "a:1");
         assert_eq!(before.command_timeout_ms, 750);
         assert!(!before.json);
@@ -1271,10 +1195,7 @@ mod tests {
         if std::env::var_os("ZONGHENG_ENDPOINTS").is_none() {
             assert_eq!(options.endpoints, DEFAULT_ENDPOINTS);
         }
-        assert_eq!(
-            (options.dial_timeout_ms, options.command_timeout_ms),
-            (2000, 5000)
-        );
+        assert_eq!((options.dial_timeout_ms, options.command_timeout_ms), (2000, 5000));
         assert_eq!(options.dial_timeout(), Duration::from_secs(2));
         let error = parse(&["kv", "get", "k", "--dial-timeout", "0"])
             .unwrap_err()

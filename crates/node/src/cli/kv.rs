@@ -45,15 +45,12 @@ use serde::Serialize;
 use zongheng_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use zongheng_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use zongheng_proto::etcdserverpb::{
-    request_op, response_op, CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, TxnRequest, TxnResponse,
+    request_op, response_op, CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
 };
 use zongheng_proto::mvccpb::KeyValue;
 
-use super::client::{
-    display_bytes, json_bytes, json_line, parse_hex_id, print_output, Client, ClientOptions,
-};
+use super::client::{display_bytes, json_bytes, json_line, parse_hex_id, print_output, Client, ClientOptions};
 
 /// The largest txn script read, from stdin or `--file`: 4 MiB. A server
 /// takes requests of about 1.5 MiB (etcd's default `--max-request-bytes`),
@@ -117,10 +114,7 @@ pub struct PutOp {
     pub key: OsString,
 
     /// The value to write. Leave it out with --ignore-value.
-    #[arg(
-        required_unless_present = "ignore_value",
-        conflicts_with = "ignore_value"
-    )]
+    #[arg(required_unless_present = "ignore_value", conflicts_with = "ignore_value")]
     pub value: Option<OsString>,
 
     /// Also return the key-value pair as it was before the put.
@@ -395,8 +389,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
 pub fn parse_lease_id(input: &str) -> Result<i64, String> {
     let id = parse_hex_id(input)
         .map_err(|_| format!("{input:?} is not a lease ID; give it in hexadecimal as `etcdctl lease grant` prints it (e.g. 694d77aa9e38260f)"))?;
-    i64::try_from(id)
-        .map_err(|_| format!("{input:?} is larger than any lease ID (at most 7fffffffffffffff)"))
+    i64::try_from(id).map_err(|_| format!("{input:?} is larger than any lease ID (at most 7fffffffffffffff)"))
 }
 
 /// The raw bytes of a command line argument (on Unix, exactly the bytes
@@ -423,12 +416,7 @@ pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 /// The `(key, range_end)` of a request, from a key, an optional explicit
 /// range end and the `--prefix` / `--from-key` flags (which clap keeps
 /// apart from each other and from an explicit end).
-pub fn key_range(
-    key: Vec<u8>,
-    range_end: Option<Vec<u8>>,
-    prefix: bool,
-    from_key: bool,
-) -> (Vec<u8>, Vec<u8>) {
+pub fn key_range(key: Vec<u8>, range_end: Option<Vec<u8>>, prefix: bool, from_key: bool) -> (Vec<u8>, Vec<u8>) {
     if (prefix || from_key) && key.is_empty() {
         // etcd's client does the same: the whole keyspace starts at "\0".
         return (vec![0], vec![0]);
@@ -469,15 +457,12 @@ fn read_txn_script(file: Option<&Path>) -> anyhow::Result<String> {
     let mut bytes = Vec::new();
     let source = match file {
         Some(path) => {
-            let opened = std::fs::File::open(path).map_err(|error| {
-                anyhow::anyhow!("could not open the txn script {}: {error}", path.display())
-            })?;
+            let opened = std::fs::File::open(path)
+                .map_err(|error| anyhow::anyhow!("could not open the txn script {}: {error}", path.display()))?;
             opened
                 .take(limit)
                 .read_to_end(&mut bytes)
-                .map_err(|error| {
-                    anyhow::anyhow!("could not read the txn script {}: {error}", path.display())
-                })?;
+                .map_err(|error| anyhow::anyhow!("could not read the txn script {}: {error}", path.display()))?;
             path.display().to_string()
         }
         None => {
@@ -489,9 +474,7 @@ fn read_txn_script(file: Option<&Path>) -> anyhow::Result<String> {
                 .lock()
                 .take(limit)
                 .read_to_end(&mut bytes)
-                .map_err(|error| {
-                    anyhow::anyhow!("could not read the txn script from stdin: {error}")
-                })?;
+                .map_err(|error| anyhow::anyhow!("could not read the txn script from stdin: {error}"))?;
             "stdin".to_string()
         }
     };
@@ -572,8 +555,7 @@ pub fn parse_compare(line: &str) -> Result<Compare, String> {
         return Err(SHAPE.to_string());
     };
     let target = target.trim();
-    let (key, rest) =
-        parse_quoted(rest.trim_start()).map_err(|reason| format!("the key: {reason}"))?;
+    let (key, rest) = parse_quoted(rest.trim_start()).map_err(|reason| format!("the key: {reason}"))?;
     let Some(rest) = rest.trim_start().strip_prefix(')') else {
         return Err(format!("expected ')' after the key; {SHAPE}"));
     };
@@ -616,7 +598,10 @@ pub fn parse_compare(line: &str) -> Result<Compare, String> {
             CompareTarget::Create,
             TargetUnion::CreateRevision(number(10, "a create revision")?),
         ),
-        "m" | "mod" => (CompareTarget::Mod, TargetUnion::ModRevision(number(10, "a mod revision")?)),
+        "m" | "mod" => (
+            CompareTarget::Mod,
+            TargetUnion::ModRevision(number(10, "a mod revision")?),
+        ),
         "val" | "value" => (CompareTarget::Value, TargetUnion::Value(value)),
         "lease" => (CompareTarget::Lease, TargetUnion::Lease(number(16, "a lease")?)),
         other => {
@@ -668,9 +653,7 @@ pub fn parse_op(line: &str) -> Result<RequestOp, String> {
         TxnOp::Get(op) => request_op::Request::RequestRange(op.to_request()),
         TxnOp::Del(op) => request_op::Request::RequestDeleteRange(op.to_request()),
     };
-    Ok(RequestOp {
-        request: Some(request),
-    })
+    Ok(RequestOp { request: Some(request) })
 }
 
 /// The first paragraph of a clap error on one line, without the `error: `
@@ -683,10 +666,7 @@ fn clap_error_line(error: &clap::Error) -> String {
         .take_while(|line| !line.is_empty())
         .collect();
     let joined = paragraph.join(" ");
-    joined
-        .strip_prefix("error: ")
-        .unwrap_or(&joined)
-        .to_string()
+    joined.strip_prefix("error: ").unwrap_or(&joined).to_string()
 }
 
 /// Splits an op line into words as etcdctl does: "double quoted" (with Go
@@ -772,11 +752,7 @@ pub fn parse_quoted(text: &str) -> Result<(Vec<u8>, &str), String> {
                     '0'..='7' => (2, 8),
                     other => return Err(format!("unknown escape \\{other} in a quoted string")),
                 };
-                let mut number = if radix == 8 {
-                    escape.to_digit(8).unwrap_or(0)
-                } else {
-                    0
-                };
+                let mut number = if radix == 8 { escape.to_digit(8).unwrap_or(0) } else { 0 };
                 for _ in 0..digits {
                     let digit = chars.next().and_then(|(_, c)| c.to_digit(radix));
                     let Some(digit) = digit else {
@@ -787,15 +763,13 @@ pub fn parse_quoted(text: &str) -> Result<(Vec<u8>, &str), String> {
                 match escape {
                     'x' => bytes.push(number as u8),
                     '0'..='7' => {
-                        let byte = u8::try_from(number).map_err(|_| {
-                            "octal escape above \\377 in a quoted string".to_string()
-                        })?;
+                        let byte = u8::try_from(number)
+                            .map_err(|_| "octal escape above \\377 in a quoted string".to_string())?;
                         bytes.push(byte);
                     }
                     _ => {
-                        let c = char::from_u32(number).ok_or_else(|| {
-                            format!("\\{escape} escape is not a Unicode character")
-                        })?;
+                        let c = char::from_u32(number)
+                            .ok_or_else(|| format!("\\{escape} escape is not a Unicode character"))?;
                         let mut buffer = [0u8; 4];
                         bytes.extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
                     }
@@ -946,9 +920,7 @@ fn txn_json(response: &TxnResponse) -> TxnJson {
             .responses
             .iter()
             .map(|op| match &op.response {
-                Some(response_op::Response::ResponseRange(range)) => {
-                    ResponseJson::Range(range_json(range))
-                }
+                Some(response_op::Response::ResponseRange(range)) => ResponseJson::Range(range_json(range)),
                 Some(response_op::Response::ResponsePut(put)) => ResponseJson::Put(put_json(put)),
                 Some(response_op::Response::ResponseDeleteRange(delete)) => {
                     ResponseJson::DeleteRange(delete_json(delete))
@@ -1030,11 +1002,7 @@ pub fn format_txn(response: &TxnResponse, json: bool) -> String {
 }
 
 fn push_txn_text(text: &mut String, response: &TxnResponse) {
-    text.push_str(if response.succeeded {
-        "SUCCESS\n"
-    } else {
-        "FAILURE\n"
-    });
+    text.push_str(if response.succeeded { "SUCCESS\n" } else { "FAILURE\n" });
     for op in &response.responses {
         text.push('\n');
         match &op.response {
@@ -1044,9 +1012,7 @@ fn push_txn_text(text: &mut String, response: &TxnResponse) {
                 }
             }
             Some(response_op::Response::ResponsePut(put)) => text.push_str(&format_put(put, false)),
-            Some(response_op::Response::ResponseDeleteRange(delete)) => {
-                text.push_str(&format_delete(delete, false))
-            }
+            Some(response_op::Response::ResponseDeleteRange(delete)) => text.push_str(&format_delete(delete, false)),
             Some(response_op::Response::ResponseTxn(nested)) => push_txn_text(text, nested),
             None => text.push_str("(empty response)\n"),
         }
@@ -1108,10 +1074,7 @@ mod tests {
 
     #[test]
     fn key_ranges_follow_etcds_client() {
-        assert_eq!(
-            key_range(b"k".to_vec(), None, false, false),
-            (b"k".to_vec(), vec![])
-        );
+        assert_eq!(key_range(b"k".to_vec(), None, false, false), (b"k".to_vec(), vec![]));
         assert_eq!(
             key_range(b"a".to_vec(), Some(b"c".to_vec()), false, false),
             (b"a".to_vec(), b"c".to_vec())
@@ -1120,10 +1083,7 @@ mod tests {
             key_range(b"ab".to_vec(), None, true, false),
             (b"ab".to_vec(), b"ac".to_vec())
         );
-        assert_eq!(
-            key_range(b"ab".to_vec(), None, false, true),
-            (b"ab".to_vec(), vec![0])
-        );
+        assert_eq!(key_range(b"ab".to_vec(), None, false, true), (b"ab".to_vec(), vec![0]));
         assert_eq!(key_range(vec![], None, true, false), (vec![0], vec![0]));
         assert_eq!(key_range(vec![], None, false, true), (vec![0], vec![0]));
     }
@@ -1157,16 +1117,10 @@ put 'quoted key' v --lease 1f
         assert_eq!(first.target, CompareTarget::Value as i32);
         assert_eq!(first.target_union, Some(TargetUnion::Value(b"v".to_vec())));
         assert_eq!(txn.compare[1].result, CompareResult::Greater as i32);
-        assert_eq!(
-            txn.compare[1].target_union,
-            Some(TargetUnion::ModRevision(5))
-        );
+        assert_eq!(txn.compare[1].target_union, Some(TargetUnion::ModRevision(5)));
         assert_eq!(txn.compare[2].result, CompareResult::Less as i32);
         assert_eq!(txn.compare[2].target_union, Some(TargetUnion::Version(2)));
-        assert_eq!(
-            txn.compare[3].target_union,
-            Some(TargetUnion::CreateRevision(3))
-        );
+        assert_eq!(txn.compare[3].target_union, Some(TargetUnion::CreateRevision(3)));
         assert_eq!(txn.compare[4].target, CompareTarget::Lease as i32);
         assert_eq!(txn.compare[4].target_union, Some(TargetUnion::Lease(0)));
         assert_eq!(txn.compare[5].result, CompareResult::NotEqual as i32);
@@ -1175,15 +1129,9 @@ put 'quoted key' v --lease 1f
         assert_eq!(txn.success.len(), 3);
         assert_eq!(put_of(&txn.success[0]).value, b"new value");
         let get = range_of(&txn.success[1]);
-        assert_eq!(
-            (get.key.as_slice(), get.range_end.as_slice()),
-            (&b"k"[..], &b"l"[..])
-        );
+        assert_eq!((get.key.as_slice(), get.range_end.as_slice()), (&b"k"[..], &b"l"[..]));
         let del = delete_of(&txn.success[2]);
-        assert_eq!(
-            (del.key.as_slice(), del.range_end.as_slice()),
-            (&b"a"[..], &b"c"[..])
-        );
+        assert_eq!((del.key.as_slice(), del.range_end.as_slice()), (&b"a"[..], &b"c"[..]));
 
         assert_eq!(txn.failure.len(), 2);
         assert_eq!(range_of(&txn.failure[0]).range_end, b"");
@@ -1225,44 +1173,20 @@ put 'quoted key' v --lease 1f
     #[test]
     fn malformed_scripts_name_the_line() {
         let cases: &[(&str, usize, &str)] = &[
-            (
-                "valu(\"k\") = \"v\"\n",
-                1,
-                "unknown compare target \"valu\"",
-            ),
+            ("valu(\"k\") = \"v\"\n", 1, "unknown compare target \"valu\""),
             ("value \"k\" = \"v\"\n", 1, "expected a compare like"),
-            (
-                "value(k) = \"v\"\n",
-                1,
-                "the key: expected a string in double quotes",
-            ),
+            ("value(k) = \"v\"\n", 1, "the key: expected a string in double quotes"),
             ("value(\"k\" = \"v\"\n", 1, "expected ')' after the key"),
             ("value(\"k\") == \"v\"\n", 1, "unknown operator \"==\""),
             ("value(\"k\") \"v\"\n", 1, "expected an operator"),
-            (
-                "mod(\"k\") > \"five\"\n",
-                1,
-                "must be a decimal integer, got \"five\"",
-            ),
+            ("mod(\"k\") > \"five\"\n", 1, "must be a decimal integer, got \"five\""),
             ("lease(\"k\") = \"zz\"\n", 1, "hexadecimal lease ID"),
-            (
-                "value(\"k\") = \"v\" extra\n",
-                1,
-                "unexpected text \"extra\"",
-            ),
-            (
-                "value(\"k) = v\n",
-                1,
-                "the key: unterminated \"...\" string",
-            ),
+            ("value(\"k\") = \"v\" extra\n", 1, "unexpected text \"extra\""),
+            ("value(\"k) = v\n", 1, "the key: unterminated \"...\" string"),
             ("value(\"k\") =\n", 1, "expected a value after the operator"),
             ("value(\"k\") = \"\\q\"\n", 1, "unknown escape \\q"),
             ("value(\"k\") = \"v\"\n\nput k\n", 3, "VALUE"),
-            (
-                "value(\"k\") = \"v\"\n\nset k v\n",
-                3,
-                "unrecognized subcommand 'set'",
-            ),
+            ("value(\"k\") = \"v\"\n\nset k v\n", 3, "unrecognized subcommand 'set'"),
             ("\nget k --prefix --from-key\n", 2, "cannot be used with"),
             ("\nget a b --prefix\n", 2, "cannot be used with"),
             ("\nput k v --lease nothex\n", 2, "not a lease ID"),
@@ -1290,14 +1214,8 @@ put 'quoted key' v --lease 1f
                 text.contains(expected),
                 "{script:?} gave {text:?}, expected {expected:?}"
             );
-            assert!(
-                text.starts_with(&format!("txn script line {line} `")),
-                "{text}"
-            );
-            assert!(
-                text.ends_with("See `zongheng kv txn --help` for the grammar"),
-                "{text}"
-            );
+            assert!(text.starts_with(&format!("txn script line {line} `")), "{text}");
+            assert!(text.ends_with("See `zongheng kv txn --help` for the grammar"), "{text}");
         }
     }
 
@@ -1371,10 +1289,7 @@ put 'quoted key' v --lease 1f
             ..GetView::default()
         };
         assert_eq!(format_range(&response, count_only, false), "3\n");
-        assert_eq!(
-            format_range(&RangeResponse::default(), GetView::default(), false),
-            ""
-        );
+        assert_eq!(format_range(&RangeResponse::default(), GetView::default(), false), "");
     }
 
     #[test]
@@ -1413,9 +1328,7 @@ put 'quoted key' v --lease 1f
         };
         assert_eq!(format_put(&put, false), "OK\nk\nold\n");
         assert!(format_put(&put, true).contains(r#""prev_kv":{"key":"k","value":"old""#));
-        assert!(
-            format_put(&PutResponse::default(), true).contains(r#""header":null,"prev_kv":null"#)
-        );
+        assert!(format_put(&PutResponse::default(), true).contains(r#""header":null,"prev_kv":null"#));
 
         let delete = DeleteRangeResponse {
             header: header(),
@@ -1451,13 +1364,11 @@ put 'quoted key' v --lease 1f
                     })),
                 },
                 ResponseOp {
-                    response: Some(response_op::Response::ResponseDeleteRange(
-                        DeleteRangeResponse {
-                            header: header(),
-                            deleted: 0,
-                            prev_kvs: vec![],
-                        },
-                    )),
+                    response: Some(response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
+                        header: header(),
+                        deleted: 0,
+                        prev_kvs: vec![],
+                    })),
                 },
             ],
         };
@@ -1520,8 +1431,7 @@ put 'quoted key' v --lease 1f
         assert_eq!(request.sort_order, SortOrder::Ascend as i32);
         assert!(request.serializable);
 
-        let KvCommand::Get(get) = parse_ok(&["get", "k", "--order", "descend", "--keys-only"])
-        else {
+        let KvCommand::Get(get) = parse_ok(&["get", "k", "--order", "descend", "--keys-only"]) else {
             panic!("not a get")
         };
         let request = get.op.to_request();
@@ -1555,15 +1465,9 @@ put 'quoted key' v --lease 1f
         );
 
         for (words, expected) in [
-            (
-                &["get", "k", "--prefix", "--from-key"][..],
-                "cannot be used with",
-            ),
+            (&["get", "k", "--prefix", "--from-key"][..], "cannot be used with"),
             (&["get", "a", "b", "--prefix"][..], "cannot be used with"),
-            (
-                &["get", "k", "--keys-only", "--count-only"][..],
-                "cannot be used with",
-            ),
+            (&["get", "k", "--keys-only", "--count-only"][..], "cannot be used with"),
             (
                 &["get", "k", "--print-value-only", "--keys-only"][..],
                 "cannot be used with",
@@ -1578,9 +1482,7 @@ put 'quoted key' v --lease 1f
 
     #[test]
     fn put_needs_a_value_unless_it_keeps_the_old_one() {
-        let KvCommand::Put(put) =
-            parse_ok(&["put", "k", "v", "--prev-kv", "--lease", "694d77aa9e38260f"])
-        else {
+        let KvCommand::Put(put) = parse_ok(&["put", "k", "v", "--prev-kv", "--lease", "694d77aa9e38260f"]) else {
             panic!("not a put")
         };
         let request = put.to_request();
@@ -1604,10 +1506,7 @@ put 'quoted key' v --lease 1f
 
         assert!(parse_error(&["put", "k"]).contains("<VALUE>"));
         assert!(parse_error(&["put", "k", "v", "--ignore-value"]).contains("cannot be used with"));
-        assert!(
-            parse_error(&["put", "k", "v", "--lease", "1", "--ignore-lease"])
-                .contains("cannot be used with")
-        );
+        assert!(parse_error(&["put", "k", "v", "--lease", "1", "--ignore-lease"]).contains("cannot be used with"));
         assert!(parse_error(&["put", "k", "v", "--lease", "xyz"]).contains("hexadecimal"));
     }
 

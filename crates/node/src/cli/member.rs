@@ -24,13 +24,11 @@
 
 use serde::Serialize;
 use zongheng_proto::etcdserverpb::{
-    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
-    MemberPromoteRequest, MemberRemoveRequest, ResponseHeader,
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberRemoveRequest, ResponseHeader,
 };
 
-use super::client::{
-    format_hex_id, json_line, parse_hex_id, print_output, render_table, Client, ClientOptions,
-};
+use super::client::{format_hex_id, json_line, parse_hex_id, print_output, render_table, Client, ClientOptions};
 
 /// `zongheng member ...`
 #[derive(Debug, clap::Args)]
@@ -114,9 +112,7 @@ pub async fn run(args: MemberArgs) -> anyhow::Result<()> {
             print_output(&format_member_added(&response, &add.name, json)?)
         }
         MemberCommand::Remove(target) => {
-            let response = client
-                .member_remove(MemberRemoveRequest { id: target.id })
-                .await?;
+            let response = client.member_remove(MemberRemoveRequest { id: target.id }).await?;
             print_output(&format_member_changed(
                 "removed from",
                 target.id,
@@ -126,9 +122,7 @@ pub async fn run(args: MemberArgs) -> anyhow::Result<()> {
             ))
         }
         MemberCommand::Promote(target) => {
-            let response = client
-                .member_promote(MemberPromoteRequest { id: target.id })
-                .await?;
+            let response = client.member_promote(MemberPromoteRequest { id: target.id }).await?;
             print_output(&format_member_changed(
                 "promoted in",
                 target.id,
@@ -149,14 +143,9 @@ pub fn parse_member_id(input: &str) -> Result<u64, String> {
 /// hold the characters that list is built from.
 pub fn parse_member_name(input: &str) -> Result<String, String> {
     if input.is_empty() {
-        return Err(
-            "the member name is empty; give the --name the new node will start with".to_string(),
-        );
+        return Err("the member name is empty; give the --name the new node will start with".to_string());
     }
-    if input
-        .chars()
-        .any(|c| c == '=' || c == ',' || c.is_whitespace())
-    {
+    if input.chars().any(|c| c == '=' || c == ',' || c.is_whitespace()) {
         return Err(format!(
             "{input:?} cannot be a member name: it would break --initial-cluster (no '=', ',' or spaces)"
         ));
@@ -173,9 +162,9 @@ pub fn parse_peer_url(input: &str) -> Result<String, String> {
         ));
     };
     let host_port = address.split('/').next().unwrap_or_default();
-    let has_port = host_port.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0)
-    });
+    let has_port = host_port
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0));
     if scheme.is_empty() || !has_port {
         return Err(format!(
             "{input:?} is not a peer URL with a host and port, such as http://10.0.0.4:2380"
@@ -299,14 +288,7 @@ pub fn format_member_list(response: &MemberListResponse, json: bool) -> String {
         })
         .collect();
     render_table(
-        &[
-            "ID",
-            "STATUS",
-            "NAME",
-            "PEER ADDRS",
-            "CLIENT ADDRS",
-            "IS LEARNER",
-        ],
+        &["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"],
         &rows,
     )
 }
@@ -338,15 +320,9 @@ pub fn initial_cluster(members: &[Member], new_id: u64, new_name: &str) -> (Stri
 
 /// `member add` output: the new ID, then the settings to start the member
 /// with, as environment variables and as flags.
-pub fn format_member_added(
-    response: &MemberAddResponse,
-    name: &str,
-    json: bool,
-) -> anyhow::Result<String> {
+pub fn format_member_added(response: &MemberAddResponse, name: &str, json: bool) -> anyhow::Result<String> {
     let Some(member) = &response.member else {
-        anyhow::bail!(
-            "the server added the member but did not say its ID; find it with `zongheng member list`"
-        );
+        anyhow::bail!("the server added the member but did not say its ID; find it with `zongheng member list`");
     };
     // Older servers leave the new member out of `members`; put it in.
     let mut members = response.members.clone();
@@ -364,12 +340,7 @@ pub fn format_member_added(
         }));
     }
     let id = format_hex_id(member.id);
-    let cluster_id = format_hex_id(
-        response
-            .header
-            .as_ref()
-            .map_or(0, |header| header.cluster_id),
-    );
+    let cluster_id = format_hex_id(response.header.as_ref().map_or(0, |header| header.cluster_id));
     let peer_urls = member.peer_ur_ls.join(",");
     let mut text = format!("Member {id} added to cluster {cluster_id}");
     if member.is_learner {
@@ -380,9 +351,7 @@ pub fn format_member_added(
     text.push_str("\n\n");
     text.push_str(&format!("ZONGHENG_NAME=\"{name}\"\n"));
     text.push_str(&format!("ZONGHENG_INITIAL_CLUSTER=\"{cluster}\"\n"));
-    text.push_str(&format!(
-        "ZONGHENG_INITIAL_ADVERTISE_PEER_URLS=\"{peer_urls}\"\n"
-    ));
+    text.push_str(&format!("ZONGHENG_INITIAL_ADVERTISE_PEER_URLS=\"{peer_urls}\"\n"));
     text.push_str("ZONGHENG_INITIAL_CLUSTER_STATE=\"existing\"\n\n");
     text.push_str("or, as flags:\n");
     text.push_str(&format!(
@@ -490,8 +459,7 @@ mod tests {
             header: header(),
             members: members(),
         };
-        let parsed: serde_json::Value =
-            serde_json::from_str(&format_member_list(&response, true)).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&format_member_list(&response, true)).unwrap();
         assert_eq!(parsed["members"][0]["id"], 0x8e9e05c52164694du64);
         assert_eq!(parsed["members"][0]["id_hex"], "8e9e05c52164694d");
         assert_eq!(parsed["members"][2]["status"], "unstarted");
@@ -510,8 +478,7 @@ mod tests {
             members: all,
         };
         let text = format_member_added(&response, "n4", false).unwrap();
-        let cluster =
-            "n4=http://127.0.0.1:42380,n1=http://127.0.0.1:2380,n2=http://127.0.0.1:22380";
+        let cluster = "n4=http://127.0.0.1:42380,n1=http://127.0.0.1:2380,n2=http://127.0.0.1:22380";
         assert_eq!(
             text,
             format!(
@@ -567,14 +534,8 @@ mod tests {
             format_member_changed("promoted in", 0xfd, &header(), &[], false),
             "Member fd promoted in cluster cdf818194e3a8c32\n"
         );
-        let parsed: serde_json::Value = serde_json::from_str(&format_member_changed(
-            "removed from",
-            255,
-            &header(),
-            &members(),
-            true,
-        ))
-        .unwrap();
+        let parsed: serde_json::Value =
+            serde_json::from_str(&format_member_changed("removed from", 255, &header(), &members(), true)).unwrap();
         assert_eq!(parsed["id"], 255);
         assert_eq!(parsed["id_hex"], "ff");
         assert_eq!(parsed["members"].as_array().map(Vec::len), Some(3));
@@ -590,21 +551,15 @@ mod tests {
             parse_peer_url("http://10.0.0.4:2380"),
             Ok("http://10.0.0.4:2380".to_string())
         );
-        assert!(parse_peer_url("10.0.0.4:2380")
-            .unwrap_err()
-            .contains("needs a scheme"));
-        assert!(parse_peer_url("http://10.0.0.4")
-            .unwrap_err()
-            .contains("host and port"));
+        assert!(parse_peer_url("10.0.0.4:2380").unwrap_err().contains("needs a scheme"));
+        assert!(parse_peer_url("http://10.0.0.4").unwrap_err().contains("host and port"));
         assert!(parse_member_id("zz").unwrap_err().contains("hexadecimal"));
         assert_eq!(parse_member_id("8e9e05c52164694d"), Ok(0x8e9e05c52164694d));
     }
 
     fn parse(words: &[&str]) -> Result<MemberCommand, String> {
         use clap::Parser;
-        let line = ["zongheng", "member"]
-            .into_iter()
-            .chain(words.iter().copied());
+        let line = ["zongheng", "member"].into_iter().chain(words.iter().copied());
         match crate::cli::Cli::try_parse_from(line) {
             Ok(crate::cli::Cli {
                 command: crate::cli::Command::Member(args),
@@ -628,10 +583,7 @@ mod tests {
             panic!("not an add")
         };
         assert_eq!(add.name, "n4");
-        assert_eq!(
-            add.peer_urls,
-            ["http://10.0.0.4:2380", "http://10.0.1.4:2380"]
-        );
+        assert_eq!(add.peer_urls, ["http://10.0.0.4:2380", "http://10.0.1.4:2380"]);
         assert!(add.learner);
 
         let Ok(MemberCommand::Remove(remove)) = parse(&["remove", "8e9e05c52164694d"]) else {
@@ -650,10 +602,7 @@ mod tests {
         for (words, expected) in [
             (&["remove", "node-1"][..], "hexadecimal"),
             (&["add", "n4"][..], "--peer-urls"),
-            (
-                &["add", "n4", "--peer-urls", "10.0.0.4:2380"][..],
-                "needs a scheme",
-            ),
+            (&["add", "n4", "--peer-urls", "10.0.0.4:2380"][..], "needs a scheme"),
             (
                 &["add", "a=b", "--peer-urls", "http://h:1"][..],
                 "cannot be a member name",

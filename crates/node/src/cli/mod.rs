@@ -31,7 +31,7 @@ pub enum Command {
     Node(Box<crate::config::NodeArgs>),
     /// Start a local cluster of real node processes on loopback.
     Dev(dev::DevArgs),
-    /// Read and write keys (put, get, del, txn).
+    /// Read and write keys (put, get, del, txn, compact).
     Kv(kv::KvArgs),
     /// List, add, remove and promote members.
     Member(member::MemberArgs),

@@ -19,8 +19,7 @@ use serde::Serialize;
 use zongheng_proto::etcdserverpb::StatusResponse;
 
 use super::client::{
-    format_hex_id, human_bytes, json_line, print_output, render_table, Client, ClientError,
-    ClientOptions,
+    format_hex_id, human_bytes, json_line, print_output, render_table, Client, ClientError, ClientOptions,
 };
 
 /// `zongheng status`
@@ -46,8 +45,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let command_timeout = options.command_timeout();
     let statuses = futures::future::join_all(endpoints.iter().map(|endpoint| async move {
         let outcome = async {
-            let mut client =
-                Client::connect_to(vec![endpoint.clone()], dial_timeout, command_timeout).await?;
+            let mut client = Client::connect_to(vec![endpoint.clone()], dial_timeout, command_timeout).await?;
             client.status().await
         }
         .await
@@ -72,8 +70,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 /// the full message adds (the command prints that once at the end).
 fn short_error(error: &ClientError) -> String {
     match error {
-        ClientError::Unreachable { attempts, .. }
-        | ClientError::AllEndpointsFailed { attempts, .. } => attempts
+        ClientError::Unreachable { attempts, .. } | ClientError::AllEndpointsFailed { attempts, .. } => attempts
             .iter()
             .map(|(_, reason)| reason.as_str())
             .collect::<Vec<_>>()
@@ -142,10 +139,7 @@ fn status_json(status: &EndpointStatus) -> StatusJson {
 
 /// Whether the answering member is the leader it reports.
 pub fn is_leader(response: &StatusResponse) -> bool {
-    let member_id = response
-        .header
-        .as_ref()
-        .map_or(0, |header| header.member_id);
+    let member_id = response.header.as_ref().map_or(0, |header| header.member_id);
     response.leader != 0 && response.leader == member_id
 }
 
@@ -159,10 +153,7 @@ pub fn format_status(statuses: &[EndpointStatus], json: bool) -> String {
         .iter()
         .map(|status| match &status.outcome {
             Ok(response) => {
-                let member_id = response
-                    .header
-                    .as_ref()
-                    .map_or(0, |header| header.member_id);
+                let member_id = response.header.as_ref().map_or(0, |header| header.member_id);
                 vec![
                     status.endpoint.clone(),
                     format_hex_id(member_id),
@@ -260,8 +251,7 @@ mod tests {
 
     #[test]
     fn json_is_an_array_in_endpoint_order() {
-        let parsed: serde_json::Value =
-            serde_json::from_str(&format_status(&statuses(), true)).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&format_status(&statuses(), true)).unwrap();
         let rows = parsed.as_array().unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0]["endpoint"], "127.0.0.1:2379");
@@ -292,10 +282,7 @@ mod tests {
         else {
             panic!("not a status")
         };
-        assert_eq!(
-            args.client.parsed_endpoints().map(|list| list.len()).ok(),
-            Some(3)
-        );
+        assert_eq!(args.client.parsed_endpoints().map(|list| list.len()).ok(), Some(3));
         assert!(args.client.json);
     }
 }

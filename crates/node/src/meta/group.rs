@@ -39,6 +39,8 @@ use crate::raft::{PeerNode, META_GROUP};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while there is no leader or it just changed.
 const LEADER_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// A voter counts as active when it answered the leader this recently.
+pub const ACTIVE_PEER_WINDOW: Duration = Duration::from_secs(3);
 /// A learner is promotable when it is at most this many entries behind.
 pub const LEARNER_PROMOTE_LAG_MAX: u64 = 1_000;
 
@@ -66,6 +68,8 @@ pub enum MetaError {
     LearnerNotReady,
     #[error("membership change in progress")]
     MembershipInProgress,
+    #[error("unhealthy cluster")]
+    Unhealthy,
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("internal error: {0}")]
@@ -85,7 +89,8 @@ pub enum LeaderCall {
 /// The leader's answer to a [`LeaderCall`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
-    Applied(MetaResponse),
+    /// The command's response and the log index it was applied at.
+    Applied { response: MetaResponse, index: u64 },
     MemberAdded { id: u64 },
     MembershipChanged,
 }
@@ -156,14 +161,32 @@ impl MetaGroup {
             .and_then(PeerAddress::peer_address)
     }
 
-    /// Propose a command through the leader and wait until it is applied here
-    /// or on the leader; returns the state machine's response.
+    /// Propose a command through the leader and wait until it is applied on
+    /// this member too (as etcd answers from the member that took the
+    /// request), so a serializable read here right after sees the write.
     pub async fn write(&self, command: MetaCommand) -> Result<MetaResponse, MetaError> {
-        match self.call_leader(LeaderCall::Command(command)).await? {
-            LeaderReply::Applied(MetaResponse::Refused(error)) => Err(MetaError::Refused(error)),
-            LeaderReply::Applied(response) => Ok(response),
-            other => Err(MetaError::Internal(format!("unexpected leader reply {other:?}"))),
+        let (response, index) = match self.call_leader(LeaderCall::Command(command)).await? {
+            LeaderReply::Applied { response, index } => (response, index),
+            other => return Err(MetaError::Internal(format!("unexpected leader reply {other:?}"))),
+        };
+        self.wait_applied(index, REQUEST_TIMEOUT).await?;
+        match response {
+            MetaResponse::Refused(error) => Err(MetaError::Refused(error)),
+            response => Ok(response),
         }
+    }
+
+    /// Wait until this member has applied log index `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), MetaError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "apply")
+            .await
+            .map(|_| ())
+            .map_err(|error| match error {
+                openraft::metrics::WaitError::Timeout(..) => MetaError::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => MetaError::Stopped,
+            })
     }
 
     /// Run `call` on the current leader, following leader changes until
@@ -227,7 +250,7 @@ impl MetaGroup {
             match call {
                 LeaderCall::Command(command) => {
                     let response = self.raft.client_write(command).await.map_err(write_error)?;
-                    Ok(LeaderReply::Applied(response.data))
+                    Ok(LeaderReply::Applied { response: response.data, index: response.log_id.index })
                 }
                 LeaderCall::AddMember { peer_urls, is_learner } => self.add_member(peer_urls, is_learner).await,
                 LeaderCall::RemoveMember { id } => self.remove_member(id).await,
@@ -270,6 +293,12 @@ impl MetaGroup {
             name: String::new(),
             peer_urls,
         };
+        if !is_learner {
+            // The new voter is not running yet: it does not count as active.
+            let mut after = self.voters();
+            after.insert(id);
+            self.check_quorum_after(&after)?;
+        }
         self.raft.add_learner(id, node, false).await.map_err(write_error)?;
         if !is_learner {
             self.raft
@@ -278,6 +307,34 @@ impl MetaGroup {
                 .map_err(write_error)?;
         }
         Ok(LeaderReply::MemberAdded { id })
+    }
+
+    /// etcd's rule for membership changes: refuse a change after which the
+    /// voters that are active now could not form a quorum (it would stall
+    /// the cluster until the missing members return). `voters_after` is the
+    /// voter set the change leads to.
+    fn check_quorum_after(&self, voters_after: &BTreeSet<u64>) -> Result<(), MetaError> {
+        let active = voters_after
+            .iter()
+            .filter(|id| {
+                **id == self.node_id
+                    || self
+                        .peer_address_of(**id)
+                        .is_some_and(|address| self.pool.answered_within(&address, ACTIVE_PEER_WINDOW))
+            })
+            .count();
+        let quorum = voters_after.len() / 2 + 1;
+        if active < quorum {
+            tracing::warn!(active, quorum, "refusing a membership change: too few active voters");
+            return Err(MetaError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    fn voters(&self) -> BTreeSet<u64> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().voter_ids().collect()
     }
 
     async fn remove_member(&self, id: u64) -> Result<LeaderReply, MetaError> {
@@ -292,6 +349,11 @@ impl MetaGroup {
         };
         if !exists {
             return Err(MetaError::MemberNotFound);
+        }
+        if is_voter {
+            let mut after = self.voters();
+            after.remove(&id);
+            self.check_quorum_after(&after)?;
         }
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -331,6 +393,9 @@ impl MetaGroup {
             Some(lag) if lag <= LEARNER_PROMOTE_LAG_MAX => {}
             _ => return Err(MetaError::LearnerNotReady),
         }
+        let mut after = self.voters();
+        after.insert(id);
+        self.check_quorum_after(&after)?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
@@ -405,6 +470,22 @@ impl MetaGroup {
             Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_)))) => {
                 Err(MetaError::Timeout)
             }
+            Ok(Err(RaftError::Fatal(_))) => Err(MetaError::Stopped),
+        }
+    }
+
+    /// On the leader, for a follower: confirm leadership with a quorum and
+    /// return the read index, without waiting for the leader's own apply
+    /// (the follower waits for its own).
+    pub async fn read_index_for_follower(&self) -> Result<u64, MetaError> {
+        use openraft::error::CheckIsLeaderError;
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
+            Err(_) => Err(MetaError::Timeout),
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|log_id| log_id.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(MetaError::NotLeader { leader: forward.leader_id })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(MetaError::Timeout),
             Ok(Err(RaftError::Fatal(_))) => Err(MetaError::Stopped),
         }
     }

@@ -3,7 +3,7 @@
 //! This is the pure core of the `meta` state machine: it is fed committed
 //! requests in log order and answers reads, and it never touches a disk, a
 //! clock or a socket. Durability comes from the Raft log and snapshots around
-//! it (see `meta::state_machine`).
+//! it (see `raft::state_machine`).
 //!
 //! ## Revisions, as etcd defines them
 //! - The store has one cluster-wide `revision`. It starts at 1 and grows by one

@@ -1,3 +1,4 @@
 //! Networking: the injected transport every socket goes through.
 
+pub mod h2_authority;
 pub mod transport;

@@ -30,9 +30,16 @@ use zongheng_proto::peer::{RaftKind, RaftRequest};
 use super::codec;
 use crate::net::transport::{self, Transport};
 
-/// The largest peer message accepted or sent: a snapshot chunk plus framing.
-/// Snapshot chunks are sized well below it (see `raft::config`).
+/// The largest peer message accepted or sent. Snapshot chunks
+/// (`raft::SNAPSHOT_WIRE_CHUNK_BYTES`) and append batches
+/// ([`APPEND_ENTRIES_BYTES_MAX`]) stay well below it.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Bytes of log entries sent in one AppendEntries message. A larger batch
+/// is refused locally with openraft's `PayloadTooLarge` and a hint of how
+/// many entries fit, and openraft resends fewer (one entry always goes, up
+/// to the client request limit).
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// A node's address as Raft membership stores it.
 pub trait PeerAddress {
@@ -45,6 +52,9 @@ pub trait PeerAddress {
 pub struct PeerPool {
     transport: Arc<dyn Transport>,
     channels: Mutex<BTreeMap<String, Channel>>,
+    /// When each peer address last answered a Raft message: the liveness
+    /// that membership changes check (etcd's "active" members).
+    last_answer: Mutex<BTreeMap<String, tokio::time::Instant>>,
 }
 
 impl PeerPool {
@@ -52,6 +62,7 @@ impl PeerPool {
         Self {
             transport,
             channels: Mutex::new(BTreeMap::new()),
+            last_answer: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -67,9 +78,16 @@ impl PeerPool {
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
     }
 
-    /// Drop the channel to `address` (after the member was removed).
-    pub fn forget(&self, address: &str) {
-        self.channels.lock().expect("peer pool lock poisoned").remove(address);
+    /// Record that the peer at `address` answered a Raft message now.
+    pub fn record_answer(&self, address: &str) {
+        let now = tokio::time::Instant::now();
+        self.last_answer.lock().expect("peer pool lock poisoned").insert(address.to_string(), now);
+    }
+
+    /// Whether the peer at `address` answered within `window`.
+    pub fn answered_within(&self, address: &str, window: Duration) -> bool {
+        let last = self.last_answer.lock().expect("peer pool lock poisoned").get(address).copied();
+        last.is_some_and(|at| at.elapsed() <= window)
     }
 }
 
@@ -102,6 +120,7 @@ where
             target,
             address,
             client,
+            pool: self.pool.clone(),
             group: self.group,
             removed: self.removed.clone(),
         }
@@ -113,6 +132,7 @@ pub struct PeerConnection<C: RaftTypeConfig> {
     target: C::NodeId,
     address: Option<String>,
     client: Option<PeerClient<Channel>>,
+    pool: Arc<PeerPool>,
     group: u64,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -187,7 +207,12 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                     },
                 });
             }
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => {
+                if let Some(address) = &self.address {
+                    self.pool.record_answer(address);
+                }
+                reply.into_inner()
+            }
         };
         codec::decode(&reply.payload).map_err(|error| CallError::Network {
             target,
@@ -221,6 +246,9 @@ where
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
         let target = self.target.clone();
+        if let Some(fitting) = entries_that_fit(&rpc.entries) {
+            return Err(RPCError::PayloadTooLarge(openraft::error::PayloadTooLarge::new_entries_hint(fitting)));
+        }
         match self
             .call::<_, _, RaftError<C::NodeId>>(RaftKind::AppendEntries, &rpc, option.hard_ttl())
             .await
@@ -268,5 +296,39 @@ where
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(target, remote))),
             Err(error) => Err(rpc_error(error)),
         }
+    }
+}
+
+/// `None` when `entries` fit in one message; otherwise how many leading
+/// entries do (at least one).
+fn entries_that_fit<T: Serialize>(entries: &[T]) -> Option<u64> {
+    if entries.len() <= 1 {
+        return None;
+    }
+    let mut total = 0usize;
+    for (count, entry) in entries.iter().enumerate() {
+        // An entry that cannot be encoded fails later with a clear error.
+        total += codec::encode(entry).map(|bytes| bytes.len()).unwrap_or(0);
+        if total > APPEND_ENTRIES_BYTES_MAX {
+            return Some(count.max(1) as u64);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_batches_are_split_with_a_hint() {
+        let small = vec![vec![0u8; 100]; 10];
+        assert_eq!(entries_that_fit(&small), None);
+        let large = vec![vec![0u8; 3 * 1024 * 1024]; 5];
+        assert_eq!(entries_that_fit(&large), Some(2));
+        let single = vec![vec![0u8; 20 * 1024 * 1024]];
+        assert_eq!(entries_that_fit(&single), None);
+        let first_huge = vec![vec![0u8; 20 * 1024 * 1024], vec![0u8; 1]];
+        assert_eq!(entries_that_fit(&first_huge), Some(1));
     }
 }

@@ -209,6 +209,7 @@ impl Kv for EtcdServices {
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let request = request.into_inner();
+        self.check_size(&request)?;
         // Compaction is applied synchronously with the entry, so `physical`
         // (wait until the data is gone) holds once the write returns.
         match self.write(MetaCommand::Compact(request)).await? {

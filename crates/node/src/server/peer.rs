@@ -114,7 +114,7 @@ impl Peer for PeerService {
 
     async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
         let group = self.group(request.into_inner().group_id)?;
-        match group.read_index_local().await {
+        match group.read_index_for_follower().await {
             Ok(read_index) => Ok(Response::new(ReadIndexReply {
                 read_index,
                 leader_id: group.node_id,

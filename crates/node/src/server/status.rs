@@ -2,8 +2,10 @@
 //!
 //! etcd clients recognise server errors by gRPC code and exact message (the
 //! Go client maps "etcdserver: mvcc: required revision has been compacted" to
-//! `rpctypes.ErrCompacted`, and so on), so the messages here are etcd's,
-//! word for word. Every status also carries a stable zongheng code in the
+//! `rpctypes.ErrCompacted`, and so on), so wherever etcd has an error for a
+//! case the message here is etcd's, word for word; cases etcd does not have
+//! (a key size limit, a membership change in progress) get a message in the
+//! same style. Every status also carries a stable zongheng code in the
 //! `x-zongheng-error` metadata key, for people and scripts.
 
 use tonic::{Code, Status};
@@ -135,6 +137,7 @@ impl From<MetaError> for Status {
                 "etcdserver: a membership change is in progress; retry",
                 "ZH_MEMBERSHIP_IN_PROGRESS",
             ),
+            MetaError::Unhealthy => status(Code::Unavailable, "etcdserver: unhealthy cluster", "ZH_UNHEALTHY_CLUSTER"),
             MetaError::InvalidArgument(detail) => status(
                 Code::InvalidArgument,
                 format!("etcdserver: {detail}"),
