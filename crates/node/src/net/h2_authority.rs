@@ -35,7 +35,11 @@
 //! - If that block's `:authority` is valid (or absent), the original bytes go to
 //!   h2 and the connection becomes pure pass-through for good. h2 has then seen
 //!   every byte the client sent, so its table is the client's table; the mirror
-//!   is dropped. Cost: one HPACK decode of the first block per connection.
+//!   is dropped. Cost: one HPACK decode of the first block per connection
+//!   (measured here: about 1 µs for a gRPC request block without Huffman coding,
+//!   about 140 µs for the same block Huffman-coded as Go sends it, because
+//!   loona-hpack rebuilds its Huffman table for every coded string), and one
+//!   extra copy of the bytes read until that block is complete.
 //! - Otherwise the connection switches to rewriting, this block included: each
 //!   header block is decoded with the mirror (which keeps following the client's
 //!   table, size updates included) and re-encoded as literal fields "without
@@ -61,9 +65,9 @@
 //!
 //! Nothing here panics on client bytes. While still deciding, anything
 //! unparseable (no preface, a truncated or oversized header block, a missing
-//! CONTINUATION, a PUSH_PROMISE, an HPACK error) sends everything buffered to h2
-//! unchanged and switches to pass-through: h2 has seen exactly the client's
-//! bytes and produces its own error. Once rewriting, raw bytes can no longer be
+//! CONTINUATION, a PUSH_PROMISE, an HPACK error, a header list over the limit)
+//! sends everything buffered to h2 unchanged and switches to pass-through: h2
+//! has seen exactly the client's bytes and produces its own error. Once rewriting, raw bytes can no longer be
 //! forwarded (h2's table is empty, the client's is not: h2 could decode wrong
 //! headers without noticing), so the adapter instead sends a HEADERS frame on
 //! stream 0 (a connection error, RFC 9113 §6.2), which makes h2 close the
@@ -81,9 +85,15 @@
 //! - [`PENDING_BYTES_SOFT_MAX`]: output waiting for h2 before the adapter stops
 //!   parsing input, so small blocks that expand cannot pile up memory.
 //!
-//! What it does not do: it does not look at TLS connections' plaintext (it
-//! must wrap the stream h2 reads, so it goes inside TLS), and it does not fix
-//! `:authority` values that are valid but wrong.
+//! # What it does not do
+//!
+//! - With TLS it must wrap the decrypted stream (the one h2 reads), not the
+//!   socket.
+//! - It does not fix `:authority` values that are valid but wrong.
+//! - On rewritten connections two checks of h2 no longer see the client's
+//!   bytes: a HEADERS priority that depends on its own stream (dropped with the
+//!   priority), and a dynamic table size update in the middle of a block
+//!   (loona-hpack accepts it; the mirror stays consistent either way).
 //!
 //! # The HPACK crate
 //!
@@ -94,8 +104,8 @@
 //! against a maximum, and borrows indexed entries instead of copying them.
 //! `hpack` (2015) and `fluke-hpack` are its unmaintained predecessors;
 //! `httlib-hpack` 0.1 indexes past the end of a truncated integer (a panic on
-//! client bytes). Its encoder always indexes, so the literal-without-indexing
-//! encoder below is ours (a dozen lines of RFC 7541 §5.1, §5.2 and §6.2.2).
+//! client bytes). loona-hpack's encoder always indexes, so the
+//! literal-without-indexing encoder below is ours (a dozen lines of RFC 7541 §5.1, §5.2 and §6.2.2).
 
 use std::io;
 use std::pin::Pin;
