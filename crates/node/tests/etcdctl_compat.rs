@@ -11,8 +11,8 @@
 //! `more`, branch taken, and error messages.
 //!
 //! The etcd side runs when `etcd` and `etcdctl` are installed (Debian's
-//! `etcd-server` and `etcd-client`); the zongheng side while the node is being
-//! written runs only with `ZONGHENG_PROCESS_TESTS=1`. Each transcript is also
+//! `etcd-server` and `etcd-client`); the zongheng side runs whenever `etcdctl`
+//! is installed (`ZONGHENG_PROCESS_TESTS=0` turns it off). Each transcript is also
 //! written to `$CARGO_TARGET_TMPDIR/etcdctl_compat/<kind>.transcript` to read
 //! side by side.
 

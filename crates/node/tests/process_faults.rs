@@ -3,8 +3,8 @@
 //! client port.
 //!
 //! Each scenario is written once, generic over the server [`Kind`]. The
-//! zongheng tests run with `ZONGHENG_PROCESS_TESTS=1` (while the node is being
-//! written). The same scenarios against a real etcd are `#[ignore]`d
+//! zongheng tests run by default (`ZONGHENG_PROCESS_TESTS=0` turns them off).
+//! The same scenarios against a real etcd are `#[ignore]`d
 //! reference runs that show the scenarios themselves are sound:
 //! `cargo test -p zongheng --test process_faults -- --ignored`.
 //!

@@ -24,7 +24,7 @@
 //!   never handed out twice in one test process (tests run in parallel).
 //! - A test that panics prints the tail of every member's log (from `Drop`).
 //!
-//! Switches: `ZONGHENG_PROCESS_TESTS=1` enables the tests that start zongheng
+//! Switches: `ZONGHENG_PROCESS_TESTS=0` turns off the tests that start zongheng
 //! processes (see [`zongheng_enabled`]); `ZONGHENG_KEEP_TEST_DIRS=1` keeps the
 //! temp dirs (data and logs) after the test for inspection.
 
@@ -87,11 +87,11 @@ impl Kind {
 }
 
 /// True when the tests that start zongheng processes are switched on
-/// (`ZONGHENG_PROCESS_TESTS=1`); prints why not otherwise.
+/// (on unless `ZONGHENG_PROCESS_TESTS=0`); prints why not otherwise.
 pub fn zongheng_enabled() -> bool {
-    let enabled = std::env::var("ZONGHENG_PROCESS_TESTS").is_ok_and(|value| value == "1");
+    let enabled = std::env::var("ZONGHENG_PROCESS_TESTS").map_or(true, |value| value != "0");
     if !enabled {
-        println!("SKIPPED (zongheng side): set ZONGHENG_PROCESS_TESTS=1 to start zongheng processes");
+        println!("SKIPPED (zongheng side): ZONGHENG_PROCESS_TESTS=0 turns off the tests that start zongheng processes");
     }
     enabled
 }
