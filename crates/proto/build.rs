@@ -40,19 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.open_files(PROTO_FILES)?;
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join(DESCRIPTOR_SET_FILE),
-        compiler.encode_file_descriptor_set(),
-    )?;
+    std::fs::write(out_dir.join(DESCRIPTOR_SET_FILE), compiler.encode_file_descriptor_set())?;
 
-    let mut builder = tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true);
+    let mut builder = tonic_prost_build::configure().build_server(true).build_client(true);
     for package in SERDE_PACKAGES {
-        builder = builder.type_attribute(
-            package,
-            "#[derive(::serde::Serialize, ::serde::Deserialize)]",
-        );
+        builder = builder.type_attribute(package, "#[derive(::serde::Serialize, ::serde::Deserialize)]");
     }
     builder.compile_fds(compiler.file_descriptor_set())?;
     Ok(())

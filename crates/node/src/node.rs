@@ -343,11 +343,14 @@ pub async fn start(
         crate::net::transport::limit_connections(client_listener, CLIENT_CONNECTIONS_MAX, "client listener");
     // etcd's Go clients send `:authority` values (a URL, `#initially=[...]`)
     // that h2 rejects; repair them before h2 sees the request.
-    let client_listener: crate::net::transport::Listener = Box::pin(futures::StreamExt::map(client_listener, |accepted| {
-        accepted.map(|connection| {
-            crate::net::transport::BoxedConnection(Box::new(crate::net::h2_authority::AuthorityFixer::new(connection)))
-        })
-    }));
+    let client_listener: crate::net::transport::Listener =
+        Box::pin(futures::StreamExt::map(client_listener, |accepted| {
+            accepted.map(|connection| {
+                crate::net::transport::BoxedConnection(Box::new(crate::net::h2_authority::AuthorityFixer::new(
+                    connection,
+                )))
+            })
+        }));
     let services = EtcdServices::new(meta.clone(), config.limits.clone(), engine.clone());
     let max_message = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut signal = shutdown_signal.clone();

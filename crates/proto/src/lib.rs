@@ -83,5 +83,4 @@ pub mod peer {
 
 /// The encoded `FileDescriptorSet` of every file above (with imports and
 /// source info), for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/zongheng_descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zongheng_descriptor_set.bin"));

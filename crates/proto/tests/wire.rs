@@ -12,9 +12,8 @@
 
 use prost::Message;
 use zongheng_proto::etcdserverpb::{
-    compare, range_request, request_op, watch_create_request, Compare, LeaseGrantRequest, Member,
-    PutRequest, RangeRequest, RequestOp, ResponseHeader, StatusResponse, TxnRequest,
-    WatchCreateRequest, WatchResponse,
+    compare, range_request, request_op, watch_create_request, Compare, LeaseGrantRequest, Member, PutRequest,
+    RangeRequest, RequestOp, ResponseHeader, StatusResponse, TxnRequest, WatchCreateRequest, WatchResponse,
 };
 use zongheng_proto::mvccpb::{event, Event, KeyValue};
 use zongheng_proto::peer::{RaftKind, RaftRequest, ReadIndexReply};
@@ -240,18 +239,12 @@ fn peer_messages_fields() {
 /// service, method or package shows up here as a diff.
 #[test]
 fn grpc_method_paths_match_etcd() {
-    let descriptor_set =
-        prost_types::FileDescriptorSet::decode(zongheng_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let descriptor_set = prost_types::FileDescriptorSet::decode(zongheng_proto::FILE_DESCRIPTOR_SET).unwrap();
     let mut paths = Vec::new();
     for file in &descriptor_set.file {
         for service in &file.service {
             for method in &service.method {
-                paths.push(format!(
-                    "/{}.{}/{}",
-                    file.package(),
-                    service.name(),
-                    method.name()
-                ));
+                paths.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
             }
         }
     }
@@ -390,8 +383,7 @@ fn txn_request_bincode_roundtrip() {
 
     let config = bincode::config::standard();
     let bytes = bincode::serde::encode_to_vec(&outer, config).unwrap();
-    let (decoded, read): (TxnRequest, usize) =
-        bincode::serde::decode_from_slice(&bytes, config).unwrap();
+    let (decoded, read): (TxnRequest, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
     assert_eq!(read, bytes.len());
     assert_eq!(decoded, outer);
 }

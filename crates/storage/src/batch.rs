@@ -6,9 +6,7 @@
 use std::ops::Range;
 
 use crate::error::StorageError;
-use crate::limits::{
-    BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX, VALUE_SIZE_BYTES_MAX,
-};
+use crate::limits::{BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX, VALUE_SIZE_BYTES_MAX};
 
 /// One operation of a [`WriteBatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,12 +151,7 @@ impl WriteBatch {
 
 /// Checks a key against [`KEY_SIZE_BYTES_MAX`].
 pub(crate) fn check_key(key: &[u8]) -> Result<(), StorageError> {
-    StorageError::check_limit(
-        "key size in bytes",
-        key.len(),
-        "KEY_SIZE_BYTES_MAX",
-        KEY_SIZE_BYTES_MAX,
-    )
+    StorageError::check_limit("key size in bytes", key.len(), "KEY_SIZE_BYTES_MAX", KEY_SIZE_BYTES_MAX)
 }
 
 /// Checks a range or scan bound against [`KEY_SIZE_BYTES_MAX`].

@@ -21,9 +21,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::engine::{Durability, Engine, KeyValue};
 use crate::keys::Key;
-use crate::limits::{
-    BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_BYTES_MAX,
-};
+use crate::limits::{BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_BYTES_MAX};
 use crate::{StorageError, WriteBatch};
 
 type Pairs = Vec<KeyValue>;
@@ -114,10 +112,7 @@ pub fn run_all<E: Engine>(make: impl Fn() -> E) {
             }
         }
     }
-    assert!(
-        failed.is_empty(),
-        "storage conformance checks failed: {failed:?}"
-    );
+    assert!(failed.is_empty(), "storage conformance checks failed: {failed:?}");
 }
 
 /// Checks that `Sync` writes (puts, deletes, range deletes) survive `restart`, which
@@ -155,17 +150,9 @@ pub fn run_restart<E: Engine>(engine: E, restart: impl Fn(E) -> E) {
 pub fn run_crash<E: Engine>(engine: E, crash: impl Fn(E) -> E) {
     put(&engine, b"a", b"1", Durability::Sync);
     put(&engine, b"b", b"1", Durability::Buffered);
-    assert_eq!(
-        engine.get(b"b").unwrap(),
-        Some(b"1".to_vec()),
-        "buffered is visible"
-    );
+    assert_eq!(engine.get(b"b").unwrap(), Some(b"1".to_vec()), "buffered is visible");
     let engine = crash(engine);
-    assert_eq!(
-        engine.get(b"a").unwrap(),
-        Some(b"1".to_vec()),
-        "sync write kept"
-    );
+    assert_eq!(engine.get(b"a").unwrap(), Some(b"1".to_vec()), "sync write kept");
     assert_eq!(engine.get(b"b").unwrap(), None, "buffered write lost");
 
     // Overwrites and deletes that were only buffered are undone.
@@ -189,10 +176,7 @@ pub fn run_crash<E: Engine>(engine: E, crash: impl Fn(E) -> E) {
     let engine = crash(engine);
     assert_eq!(
         engine.scan(b"", None, 10).unwrap(),
-        vec![
-            (b"c".to_vec(), b"2".to_vec()),
-            (b"d".to_vec(), b"1".to_vec()),
-        ]
+        vec![(b"c".to_vec(), b"2".to_vec()), (b"d".to_vec(), b"1".to_vec()),]
     );
 
     // An empty Sync batch is a flush.
@@ -275,10 +259,7 @@ fn get_put_delete<E: Engine>(engine: &E) {
 fn overwrite<E: Engine>(engine: &E) {
     put(engine, b"k", b"first", Durability::Sync);
     put(engine, b"k", b"second, and longer", Durability::Sync);
-    assert_eq!(
-        engine.get(b"k").unwrap(),
-        Some(b"second, and longer".to_vec())
-    );
+    assert_eq!(engine.get(b"k").unwrap(), Some(b"second, and longer".to_vec()));
     put(engine, b"k", b"3", Durability::Buffered);
     assert_eq!(engine.get(b"k").unwrap(), Some(b"3".to_vec()));
     assert_eq!(all(engine).len(), 1);
@@ -286,19 +267,12 @@ fn overwrite<E: Engine>(engine: &E) {
 
 fn empty_values_and_empty_key<E: Engine>(engine: &E) {
     put(engine, b"empty", b"", Durability::Sync);
-    assert_eq!(
-        engine.get(b"empty").unwrap(),
-        Some(Vec::new()),
-        "empty, not absent"
-    );
+    assert_eq!(engine.get(b"empty").unwrap(), Some(Vec::new()), "empty, not absent");
     put(engine, b"", b"empty key", Durability::Sync);
     assert_eq!(engine.get(b"").unwrap(), Some(b"empty key".to_vec()));
     assert_eq!(
         all(engine),
-        vec![
-            (Vec::new(), b"empty key".to_vec()),
-            (b"empty".to_vec(), Vec::new()),
-        ]
+        vec![(Vec::new(), b"empty key".to_vec()), (b"empty".to_vec(), Vec::new()),]
     );
     delete(engine, b"", Durability::Sync);
     assert_eq!(engine.get(b"").unwrap(), None);
@@ -341,19 +315,10 @@ fn scan_bounds_and_limit<E: Engine>(engine: &E) {
     assert_eq!(scanned[0].1, b"v:b".to_vec(), "values come with their keys");
 
     let expected: [&[u8]; 2] = [b"c", b"d"];
-    assert_eq!(
-        keys_of(&engine.scan(b"bb", None, 100).unwrap()),
-        to_vecs(&expected)
-    );
-    assert_eq!(
-        keys_of(&engine.scan(b"", None, 2).unwrap()),
-        to_vecs(&keys[..2])
-    );
+    assert_eq!(keys_of(&engine.scan(b"bb", None, 100).unwrap()), to_vecs(&expected));
+    assert_eq!(keys_of(&engine.scan(b"", None, 2).unwrap()), to_vecs(&keys[..2]));
     assert_eq!(engine.scan(b"", None, 0).unwrap(), Vec::new());
-    assert_eq!(
-        engine.scan(b"", None, SCAN_LIMIT_MAX).unwrap().len(),
-        keys.len()
-    );
+    assert_eq!(engine.scan(b"", None, SCAN_LIMIT_MAX).unwrap().len(), keys.len());
     assert_eq!(engine.scan(b"b", Some(b"b"), 100).unwrap(), Vec::new());
     assert_eq!(engine.scan(b"c", Some(b"b"), 100).unwrap(), Vec::new());
     assert_eq!(engine.scan(b"e", None, 100).unwrap(), Vec::new());
@@ -387,10 +352,7 @@ fn scan_rev<E: Engine>(engine: &E) {
 
     // The limit keeps the largest keys.
     let expected: [&[u8]; 2] = [b"d", b"c"];
-    assert_eq!(
-        keys_of(&engine.scan_rev(b"", None, 2).unwrap()),
-        to_vecs(&expected)
-    );
+    assert_eq!(keys_of(&engine.scan_rev(b"", None, 2).unwrap()), to_vecs(&expected));
     let expected: [&[u8]; 1] = [b"ba"];
     assert_eq!(
         keys_of(&engine.scan_rev(b"", Some(b"c"), 1).unwrap()),
@@ -399,10 +361,7 @@ fn scan_rev<E: Engine>(engine: &E) {
 
     let mut reversed = to_vecs(&keys);
     reversed.reverse();
-    assert_eq!(
-        keys_of(&engine.scan_rev(b"", None, SCAN_LIMIT_MAX).unwrap()),
-        reversed
-    );
+    assert_eq!(keys_of(&engine.scan_rev(b"", None, SCAN_LIMIT_MAX).unwrap()), reversed);
     assert_eq!(engine.scan_rev(b"", None, 0).unwrap(), Vec::new());
     assert_eq!(engine.scan_rev(b"b", Some(b"b"), 100).unwrap(), Vec::new());
     assert_eq!(engine.scan_rev(b"c", Some(b"b"), 100).unwrap(), Vec::new());
@@ -454,14 +413,8 @@ fn batch_atomic_on_limit_error<E: Engine>(engine: &E) {
         .delete_range(b"".to_vec()..b"z".to_vec())
         .put(b"new".to_vec(), vec![0; VALUE_SIZE_BYTES_MAX + 1])
         .put(b"other".to_vec(), b"x".to_vec());
-    assert_limit(
-        engine.write(batch.clone(), Durability::Sync),
-        "VALUE_SIZE_BYTES_MAX",
-    );
-    assert_limit(
-        engine.write(batch, Durability::Buffered),
-        "VALUE_SIZE_BYTES_MAX",
-    );
+    assert_limit(engine.write(batch.clone(), Durability::Sync), "VALUE_SIZE_BYTES_MAX");
+    assert_limit(engine.write(batch, Durability::Buffered), "VALUE_SIZE_BYTES_MAX");
     assert_eq!(all(engine), before, "a refused batch changes nothing");
 }
 
@@ -486,16 +439,10 @@ fn large_values_up_to_the_limit<E: Engine>(engine: &E) {
     let mut batch = WriteBatch::new();
     batch.put(key.clone(), value.clone());
     engine.write(batch, Durability::Sync).unwrap();
-    let read = engine
-        .get(&key)
-        .unwrap()
-        .expect("the largest value is stored");
+    let read = engine.get(&key).unwrap().expect("the largest value is stored");
     assert!(read == value, "the largest value reads back unchanged");
     drop(read);
-    assert_eq!(
-        engine.scan(&key, None, 1).unwrap()[0].1.len(),
-        VALUE_SIZE_BYTES_MAX
-    );
+    assert_eq!(engine.scan(&key, None, 1).unwrap()[0].1.len(), VALUE_SIZE_BYTES_MAX);
 
     // Many medium values in one batch, up to the batch size limit's order of magnitude.
     let mut batch = WriteBatch::new();
@@ -524,10 +471,7 @@ fn limit_errors<E: Engine>(engine: &E) {
     assert_limit(engine.write(batch, Durability::Sync), "KEY_SIZE_BYTES_MAX");
     let mut batch = WriteBatch::new();
     batch.put(b"k".to_vec(), vec![0; VALUE_SIZE_BYTES_MAX + 1]);
-    assert_limit(
-        engine.write(batch, Durability::Sync),
-        "VALUE_SIZE_BYTES_MAX",
-    );
+    assert_limit(engine.write(batch, Durability::Sync), "VALUE_SIZE_BYTES_MAX");
     let mut batch = WriteBatch::new();
     batch.delete(long_key.clone());
     assert_limit(engine.write(batch, Durability::Sync), "KEY_SIZE_BYTES_MAX");
@@ -547,19 +491,13 @@ fn limit_errors<E: Engine>(engine: &E) {
     for n in 0..values_needed {
         batch.put(vec![b'b', n as u8], vec![0; VALUE_SIZE_BYTES_MAX]);
     }
-    assert_limit(
-        engine.write(batch, Durability::Sync),
-        "BATCH_SIZE_BYTES_MAX",
-    );
+    assert_limit(engine.write(batch, Durability::Sync), "BATCH_SIZE_BYTES_MAX");
 
     assert_limit(engine.get(&long_key), "KEY_SIZE_BYTES_MAX");
     assert_limit(engine.scan(b"", None, SCAN_LIMIT_MAX + 1), "SCAN_LIMIT_MAX");
     assert_limit(engine.scan_rev(b"", None, usize::MAX), "SCAN_LIMIT_MAX");
     assert_limit(engine.scan(&long_key, None, 1), "KEY_SIZE_BYTES_MAX");
-    assert_limit(
-        engine.scan_rev(b"", Some(&long_key), 1),
-        "KEY_SIZE_BYTES_MAX",
-    );
+    assert_limit(engine.scan_rev(b"", Some(&long_key), 1), "KEY_SIZE_BYTES_MAX");
 
     assert_eq!(all(engine), before, "refused requests change nothing");
 
@@ -573,10 +511,7 @@ fn limit_errors<E: Engine>(engine: &E) {
     put(engine, &key, b"longest key", Durability::Sync);
     assert_eq!(engine.get(&key).unwrap(), Some(b"longest key".to_vec()));
     assert_eq!(engine.scan(&key, Some(&key), 1).unwrap(), Vec::new());
-    assert_eq!(
-        engine.scan_rev(b"", Some(&key), SCAN_LIMIT_MAX).unwrap(),
-        before
-    );
+    assert_eq!(engine.scan_rev(b"", Some(&key), SCAN_LIMIT_MAX).unwrap(), before);
 }
 
 fn bytes_0x00_and_0xff_in_keys<E: Engine>(engine: &E) {
@@ -607,10 +542,7 @@ fn bytes_0x00_and_0xff_in_keys<E: Engine>(engine: &E) {
         assert_eq!(engine.get(key).unwrap(), Some(key.to_vec()), "{key:?}");
     }
     let expected: [&[u8]; 2] = [&[0xFF], &[0xFF, 0xFF]];
-    assert_eq!(
-        keys_of(&engine.scan(&[0xFF], None, 10).unwrap()),
-        to_vecs(&expected)
-    );
+    assert_eq!(keys_of(&engine.scan(&[0xFF], None, 10).unwrap()), to_vecs(&expected));
     let expected: [&[u8]; 3] = [&[0x00, 0x00], &[0x00], &[]];
     assert_eq!(
         keys_of(&engine.scan_rev(b"", Some(&[0x01]), 10).unwrap()),
@@ -657,10 +589,7 @@ fn raft_log_layout<E: Engine>(engine: &E) {
         );
         // Written in descending index order: storage order must not depend on it.
         for index in (1..=300u64).rev() {
-            batch.put(
-                Key::RaftLog { group, index }.encode(),
-                index.to_be_bytes().to_vec(),
-            );
+            batch.put(Key::RaftLog { group, index }.encode(), index.to_be_bytes().to_vec());
         }
     }
     engine.write(batch, Durability::Sync).unwrap();
@@ -678,17 +607,10 @@ fn raft_log_layout<E: Engine>(engine: &E) {
             .collect()
     };
     for group in groups {
-        assert_eq!(
-            log_indexes(group),
-            (1..=300).collect::<Vec<u64>>(),
-            "group {group}"
-        );
+        assert_eq!(log_indexes(group), (1..=300).collect::<Vec<u64>>(), "group {group}");
         let (start, end) = Key::raft_log_range(group);
         let last = engine.scan_rev(&start, Some(&end), 1).unwrap();
-        assert_eq!(
-            Key::decode(&last[0].0).unwrap(),
-            Key::RaftLog { group, index: 300 }
-        );
+        assert_eq!(Key::decode(&last[0].0).unwrap(), Key::RaftLog { group, index: 300 });
     }
 
     // Purge a prefix and truncate a suffix of group 1 only.
@@ -707,9 +629,7 @@ fn raft_log_layout<E: Engine>(engine: &E) {
         Some(b"purged".to_vec())
     );
     assert_eq!(
-        engine
-            .get(&Key::SnapshotMeta { group: 1 }.encode())
-            .unwrap(),
+        engine.get(&Key::SnapshotMeta { group: 1 }.encode()).unwrap(),
         Some(b"meta".to_vec())
     );
 }
@@ -748,17 +668,12 @@ fn concurrent_batches_are_atomic<E: Engine>(engine: &E) {
             }
         });
     });
-    assert_eq!(
-        all(engine).len(),
-        usize::from(WRITERS) * usize::from(BATCHES) * 2
-    );
+    assert_eq!(all(engine).len(), usize::from(WRITERS) * usize::from(BATCHES) * 2);
 }
 
 fn empty_batches<E: Engine>(engine: &E) {
     put(engine, b"k", b"v", Durability::Buffered);
-    engine
-        .write(WriteBatch::new(), Durability::Buffered)
-        .unwrap();
+    engine.write(WriteBatch::new(), Durability::Buffered).unwrap();
     engine.write(WriteBatch::new(), Durability::Sync).unwrap();
     assert_eq!(all(engine), vec![(b"k".to_vec(), b"v".to_vec())]);
 }

@@ -42,21 +42,11 @@ pub trait Engine: Send + Sync + 'static {
     /// nothing. `limit` above [`SCAN_LIMIT_MAX`] is refused with
     /// [`StorageError::Limit`], as are bounds longer than
     /// [`KEY_SIZE_BYTES_MAX`](crate::KEY_SIZE_BYTES_MAX).
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError>;
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError>;
 
     /// Like [`Engine::scan`] over the same `[start, end)`, but in descending key order:
     /// the first pair is the largest key below `end`.
-    fn scan_rev(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError>;
+    fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError>;
 
     /// Applies `batch` atomically and in order, with the given durability (see
     /// [`Durability`] for what survives a crash). A batch over a named limit returns
@@ -75,21 +65,11 @@ impl<E: Engine + ?Sized> Engine for Arc<E> {
         (**self).get(key)
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         (**self).scan(start, end, limit)
     }
 
-    fn scan_rev(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         (**self).scan_rev(start, end, limit)
     }
 
@@ -105,17 +85,8 @@ impl<E: Engine + ?Sized> Engine for Arc<E> {
 /// Checks a scan's bounds and limit; returns false when the range is empty (nothing to
 /// read), so engines never hand an inverted range to their backend (`BTreeMap::range`
 /// panics on one).
-pub(crate) fn check_scan(
-    start: &[u8],
-    end: Option<&[u8]>,
-    limit: usize,
-) -> Result<bool, StorageError> {
-    StorageError::check_limit(
-        "scan limit in pairs",
-        limit,
-        "SCAN_LIMIT_MAX",
-        SCAN_LIMIT_MAX,
-    )?;
+pub(crate) fn check_scan(start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<bool, StorageError> {
+    StorageError::check_limit("scan limit in pairs", limit, "SCAN_LIMIT_MAX", SCAN_LIMIT_MAX)?;
     check_bound(start)?;
     if let Some(end) = end {
         check_bound(end)?;

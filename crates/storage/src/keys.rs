@@ -187,10 +187,7 @@ impl Key {
     /// `[start, end)` covering the log entries of `group` with index `>= index`: the
     /// range to delete when truncating a conflicting suffix.
     pub fn raft_log_range_from(group: u64, index: u64) -> (Vec<u8>, Vec<u8>) {
-        (
-            Key::RaftLog { group, index }.encode(),
-            raft_log_group_end(group),
-        )
+        (Key::RaftLog { group, index }.encode(), raft_log_group_end(group))
     }
 
     /// `[start, end)` covering every snapshot chunk of `group`.
@@ -223,14 +220,8 @@ fn raft_log_group_end(group: u64) -> Vec<u8> {
     let last = end.last_mut().expect("the tag byte is never 0xFF");
     *last += 1;
     debug_assert_eq!(
-        end.as_slice().cmp(
-            Key::RaftLog {
-                group,
-                index: u64::MAX
-            }
-            .encode()
-            .as_slice()
-        ),
+        end.as_slice()
+            .cmp(Key::RaftLog { group, index: u64::MAX }.encode().as_slice()),
         Ordering::Greater
     );
     end
@@ -316,14 +307,16 @@ mod tests {
                     index: self.number(),
                 },
                 4 => Key::SnapshotMeta { group },
-                5 => Key::SnapshotChunk { group, chunk: self.number() as u32 },
+                5 => Key::SnapshotChunk {
+                    group,
+                    chunk: self.number() as u32,
+                },
                 6 => Key::StateMachine {
                     group,
                     key: self.bytes(),
                 },
                 _ => Key::Local {
-                    name: ["", "a", "ab", "b", "node_id", "é", "\u{0}"][self.below(7) as usize]
-                        .to_string(),
+                    name: ["", "a", "ab", "b", "node_id", "é", "\u{0}"][self.below(7) as usize].to_string(),
                 },
             }
         }
@@ -354,37 +347,21 @@ mod tests {
             },
             Key::RaftLog { group: 1, index: 0 },
             Key::RaftLog { group: 1, index: 1 },
-            Key::RaftLog {
-                group: 1,
-                index: 256,
-            },
+            Key::RaftLog { group: 1, index: 256 },
             Key::SnapshotMeta { group: 0 },
             Key::SnapshotChunk { group: 0, chunk: 0 },
             Key::StateMachine {
                 group: 0,
                 key: vec![0xFF; 3],
             },
-            Key::StateMachine {
-                group: 1,
-                key: vec![],
-            },
-            Key::StateMachine {
-                group: 1,
-                key: vec![0],
-            },
-            Key::Local {
-                name: String::new(),
-            },
+            Key::StateMachine { group: 1, key: vec![] },
+            Key::StateMachine { group: 1, key: vec![0] },
+            Key::Local { name: String::new() },
             Key::Local { name: "a".into() },
         ];
         for pair in ordered.windows(2) {
             assert!(pair[0] < pair[1], "{:?} < {:?}", pair[0], pair[1]);
-            assert!(
-                pair[0].encode() < pair[1].encode(),
-                "{:?} < {:?}",
-                pair[0],
-                pair[1]
-            );
+            assert!(pair[0].encode() < pair[1].encode(), "{:?} < {:?}", pair[0], pair[1]);
         }
     }
 
@@ -403,11 +380,7 @@ mod tests {
                 Key::RaftLog { group: g, index: i } if g == group => (true, i),
                 _ => (false, 0),
             };
-            assert_eq!(
-                inside(Key::raft_log_range(group)),
-                is_log_of_group,
-                "{key:?}"
-            );
+            assert_eq!(inside(Key::raft_log_range(group)), is_log_of_group, "{key:?}");
             assert_eq!(
                 inside(Key::raft_log_range_from(group, index)),
                 is_log_of_group && log_index >= index,

@@ -75,8 +75,6 @@ pub use batch::{Op, WriteBatch};
 pub use engine::{Durability, Engine, KeyValue};
 pub use error::StorageError;
 pub use keys::Key;
-pub use limits::{
-    BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_BYTES_MAX,
-};
+pub use limits::{BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_BYTES_MAX};
 pub use mem_engine::MemEngine;
 pub use redb_engine::{RedbEngine, REDB_CACHE_BYTES};

@@ -69,10 +69,7 @@ impl Tree {
                     // splitting and re-appending the map would cost O(n).
                     let doomed: Vec<Vec<u8>> = self
                         .map
-                        .range::<[u8], _>((
-                            Bound::Included(start.as_slice()),
-                            Bound::Excluded(end.as_slice()),
-                        ))
+                        .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())))
                         .map(|(key, _)| key.clone())
                         .collect();
                     for key in doomed {
@@ -132,12 +129,7 @@ impl Engine for MemEngine {
         Ok(self.state.read().visible.map.get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         if !check_scan(start, end, limit)? {
             return Ok(Vec::new());
         }
@@ -145,21 +137,13 @@ impl Engine for MemEngine {
         Ok(state
             .visible
             .map
-            .range::<[u8], _>((
-                Bound::Included(start),
-                end.map_or(Bound::Unbounded, Bound::Excluded),
-            ))
+            .range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)))
             .take(limit)
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect())
     }
 
-    fn scan_rev(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         if !check_scan(start, end, limit)? {
             return Ok(Vec::new());
         }
@@ -167,10 +151,7 @@ impl Engine for MemEngine {
         Ok(state
             .visible
             .map
-            .range::<[u8], _>((
-                Bound::Included(start),
-                end.map_or(Bound::Unbounded, Bound::Excluded),
-            ))
+            .range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)))
             .rev()
             .take(limit)
             .map(|(key, value)| (key.clone(), value.clone()))

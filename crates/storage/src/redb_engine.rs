@@ -96,14 +96,10 @@ impl RedbEngine {
         let table = txn
             .open_table(TABLE)
             .map_err(|error| self.error(error.into(), context))?;
-        let bounds = (
-            Bound::Included(start),
-            end.map_or(Bound::Unbounded, Bound::Excluded),
-        );
+        let bounds = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
         // The trait method, not ReadOnlyTable's inherent `range`, whose iterator does not
         // keep the read transaction alive (redb 5 removes it).
-        let range = ReadableTable::range::<&[u8]>(&table, bounds)
-            .map_err(|error| self.error(error.into(), context))?;
+        let range = ReadableTable::range::<&[u8]>(&table, bounds).map_err(|error| self.error(error.into(), context))?;
         let mut pairs = Vec::new();
         let mut push = |entry: Result<_, redb::StorageError>| -> Result<(), StorageError> {
             let (key, value): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
@@ -126,9 +122,7 @@ impl RedbEngine {
 
 impl std::fmt::Debug for RedbEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbEngine")
-            .field("path", &self.path)
-            .finish()
+        f.debug_struct("RedbEngine").field("path", &self.path).finish()
     }
 }
 
@@ -143,26 +137,15 @@ impl Engine for RedbEngine {
         let table = txn
             .open_table(TABLE)
             .map_err(|error| self.error(error.into(), context))?;
-        let value =
-            ReadableTable::get(&table, key).map_err(|error| self.error(error.into(), context))?;
+        let value = ReadableTable::get(&table, key).map_err(|error| self.error(error.into(), context))?;
         Ok(value.map(|guard| guard.value().to_vec()))
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         self.scan_in_order(start, end, limit, false)
     }
 
-    fn scan_rev(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         self.scan_in_order(start, end, limit, true)
     }
 
@@ -189,9 +172,7 @@ impl Engine for RedbEngine {
                 .map_err(|error| self.error(error.into(), context))?;
             for op in batch.ops() {
                 let applied = match op {
-                    Op::Put { key, value } => table
-                        .insert(key.as_slice(), value.as_slice())
-                        .map(|_previous| ()),
+                    Op::Put { key, value } => table.insert(key.as_slice(), value.as_slice()).map(|_previous| ()),
                     Op::Delete { key } => table.remove(key.as_slice()).map(|_previous| ()),
                     Op::DeleteRange { start, end } if start < end => {
                         table.retain_in::<&[u8], _>(start.as_slice()..end.as_slice(), |_, _| false)
@@ -201,8 +182,7 @@ impl Engine for RedbEngine {
                 applied.map_err(|error| self.error(error.into(), context))?;
             }
         }
-        txn.commit()
-            .map_err(|error| self.error(error.into(), context))
+        txn.commit().map_err(|error| self.error(error.into(), context))
     }
 
     /// The length of the database file. It grows in steps, counts free pages, and does
@@ -228,18 +208,14 @@ fn from_redb(error: redb::Error, context: &'static str, path: &Path) -> StorageE
         redb::Error::Io(source) => StorageError::Io { context, source },
         redb::Error::PreviousIo => StorageError::Io {
             context,
-            source: io::Error::other(
-                "an earlier I/O error left the database refusing writes until it is reopened",
-            ),
+            source: io::Error::other("an earlier I/O error left the database refusing writes until it is reopened"),
         },
         redb::Error::Corrupted(detail) => StorageError::Corrupt {
             detail: format!("{}: {detail}", path.display()),
         },
-        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
-            StorageError::Locked {
-                path: path.to_path_buf(),
-            }
-        }
+        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => StorageError::Locked {
+            path: path.to_path_buf(),
+        },
         error @ (redb::Error::UpgradeRequired(_)
         | redb::Error::TableTypeMismatch { .. }
         | redb::Error::TypeDefinitionChanged { .. }

@@ -100,10 +100,7 @@ fn redb_open_in_a_missing_directory_is_an_io_error() {
     let dir = tempfile::tempdir().unwrap();
     let error = RedbEngine::open(dir.path().join("missing").join("db.redb")).unwrap_err();
     assert_eq!(error.code(), "STORAGE_IO", "{error}");
-    assert!(
-        error.to_string().contains("data directory exists"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("data directory exists"), "{error}");
 }
 
 /// Set in the child process of [`redb_sync_writes_survive_a_process_crash`]: the file
@@ -132,12 +129,7 @@ fn redb_crash_child() {
 
 fn run_crash_child(path: &Path) {
     let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "redb_crash_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "redb_crash_child", "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_ENV, path)
         .status()
         .unwrap();

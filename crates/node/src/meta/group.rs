@@ -90,8 +90,13 @@ pub enum LeaderCall {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
     /// The command's response and the log index it was applied at.
-    Applied { response: MetaResponse, index: u64 },
-    MemberAdded { id: u64 },
+    Applied {
+        response: MetaResponse,
+        index: u64,
+    },
+    MemberAdded {
+        id: u64,
+    },
     MembershipChanged,
 }
 
@@ -250,7 +255,10 @@ impl MetaGroup {
             match call {
                 LeaderCall::Command(command) => {
                     let response = self.raft.client_write(command).await.map_err(write_error)?;
-                    Ok(LeaderReply::Applied { response: response.data, index: response.log_id.index })
+                    Ok(LeaderReply::Applied {
+                        response: response.data,
+                        index: response.log_id.index,
+                    })
                 }
                 LeaderCall::AddMember { peer_urls, is_learner } => self.add_member(peer_urls, is_learner).await,
                 LeaderCall::RemoveMember { id } => self.remove_member(id).await,
@@ -482,9 +490,9 @@ impl MetaGroup {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
             Err(_) => Err(MetaError::Timeout),
             Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|log_id| log_id.index).unwrap_or(0)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(MetaError::NotLeader { leader: forward.leader_id })
-            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => Err(MetaError::NotLeader {
+                leader: forward.leader_id,
+            }),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(MetaError::Timeout),
             Ok(Err(RaftError::Fatal(_))) => Err(MetaError::Stopped),
         }

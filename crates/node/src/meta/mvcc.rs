@@ -579,7 +579,10 @@ impl Mvcc {
         // revision the txn has reached at that op: the current revision until
         // the first change, the txn's new revision after it.
         let header_at = |store: &Mvcc, changed: bool| {
-            Some(ResponseHeader { revision: if changed { revision } else { store.revision }, ..Default::default() })
+            Some(ResponseHeader {
+                revision: if changed { revision } else { store.revision },
+                ..Default::default()
+            })
         };
         for op in ops {
             let response = match op.request.as_ref().expect("checked by check_ops") {
@@ -1422,9 +1425,15 @@ mod tests {
         let mut store = Mvcc::new();
         store.put(&put("a", "1")).unwrap(); // 2
         let read_a = RequestOp {
-            request: Some(request_op::Request::RequestRange(RangeRequest { key: "a".into(), ..Default::default() })),
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: "a".into(),
+                ..Default::default()
+            })),
         };
-        let txn = TxnRequest { success: vec![read_a.clone(), op_put("b", "1"), read_a], ..Default::default() };
+        let txn = TxnRequest {
+            success: vec![read_a.clone(), op_put("b", "1"), read_a],
+            ..Default::default()
+        };
         let response = store.txn(&txn).unwrap();
         let revisions: Vec<i64> = response
             .responses

@@ -81,12 +81,20 @@ impl PeerPool {
     /// Record that the peer at `address` answered a Raft message now.
     pub fn record_answer(&self, address: &str) {
         let now = tokio::time::Instant::now();
-        self.last_answer.lock().expect("peer pool lock poisoned").insert(address.to_string(), now);
+        self.last_answer
+            .lock()
+            .expect("peer pool lock poisoned")
+            .insert(address.to_string(), now);
     }
 
     /// Whether the peer at `address` answered within `window`.
     pub fn answered_within(&self, address: &str, window: Duration) -> bool {
-        let last = self.last_answer.lock().expect("peer pool lock poisoned").get(address).copied();
+        let last = self
+            .last_answer
+            .lock()
+            .expect("peer pool lock poisoned")
+            .get(address)
+            .copied();
         last.is_some_and(|at| at.elapsed() <= window)
     }
 }
@@ -247,7 +255,9 @@ where
     ) -> Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
         let target = self.target.clone();
         if let Some(fitting) = entries_that_fit(&rpc.entries) {
-            return Err(RPCError::PayloadTooLarge(openraft::error::PayloadTooLarge::new_entries_hint(fitting)));
+            return Err(RPCError::PayloadTooLarge(
+                openraft::error::PayloadTooLarge::new_entries_hint(fitting),
+            ));
         }
         match self
             .call::<_, _, RaftError<C::NodeId>>(RaftKind::AppendEntries, &rpc, option.hard_ttl())

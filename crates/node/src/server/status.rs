@@ -137,7 +137,11 @@ impl From<MetaError> for Status {
                 "etcdserver: a membership change is in progress; retry",
                 "ZH_MEMBERSHIP_IN_PROGRESS",
             ),
-            MetaError::Unhealthy => status(Code::Unavailable, "etcdserver: unhealthy cluster", "ZH_UNHEALTHY_CLUSTER"),
+            MetaError::Unhealthy => status(
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
+                "ZH_UNHEALTHY_CLUSTER",
+            ),
             MetaError::InvalidArgument(detail) => status(
                 Code::InvalidArgument,
                 format!("etcdserver: {detail}"),
