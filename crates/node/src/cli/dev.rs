@@ -131,13 +131,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!();
     println!("Try it:");
-    println!("  zongheng kv put greeting hello --endpoints {endpoints}");
-    println!("  zongheng kv get greeting --endpoints {endpoints}");
-    println!("  zongheng member list --endpoints {endpoints}");
-    println!("  zongheng status --endpoints {endpoints}");
+    // Print the binary's own path, relative to the working directory when
+    // it is inside it (`target/release/zongheng` after `cargo run --release`).
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| executable.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| executable.clone());
+    let zongheng = shown.display();
+    println!("  {zongheng} kv put greeting hello --endpoints {endpoints}");
+    println!("  {zongheng} kv get greeting --endpoints {endpoints}");
+    println!("  {zongheng} member list --endpoints {endpoints}");
+    println!("  {zongheng} status --endpoints {endpoints}");
     println!("  ETCDCTL_API=3 etcdctl --endpoints {endpoints} put foo bar");
     println!("  ETCDCTL_API=3 etcdctl --endpoints {endpoints} endpoint status -w table");
-    println!("(`zongheng` is target/release/zongheng if you ran this with cargo run --release.)");
     println!();
     println!("Ctrl-C stops the cluster.");
 
