@@ -218,7 +218,9 @@ where
             .encode();
             batch.put(key, Self::encode(&entry)?);
         }
-        let result = self.engine.write(batch, Durability::Sync);
+        // The mutation build acknowledges entries that a crash can still lose.
+        let durability = if cfg!(feature = "mutation-ack-before-fsync") { Durability::Buffered } else { Durability::Sync };
+        let result = self.engine.write(batch, durability);
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
