@@ -40,7 +40,8 @@ use zongheng_proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
     ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use zongheng_proto::mvccpb::KeyValue;
+use zongheng_proto::mvccpb::event::EventType;
+use zongheng_proto::mvccpb::{Event, KeyValue};
 
 /// The revision of an empty store, as in etcd.
 pub const INITIAL_REVISION: i64 = 1;
@@ -125,6 +126,10 @@ pub struct Mvcc {
     revision: i64,
     compact_revision: i64,
     keys: BTreeMap<Vec<u8>, History>,
+    /// The keys each revision changed, in the order the write applied them
+    /// (etcd's sub-revision order): the index watchers replay events from.
+    /// Pruned with compaction, like the versions it points to.
+    changes: BTreeMap<i64, Vec<Vec<u8>>>,
 }
 
 impl Default for Mvcc {
@@ -203,6 +208,15 @@ impl KeyRange {
         }
     }
 
+    /// Whether `key` falls in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match &self.end {
+            RangeEnd::Single => key == self.start.as_slice(),
+            RangeEnd::Unbounded => key >= self.start.as_slice(),
+            RangeEnd::Exclusive(end) => key >= self.start.as_slice() && key < end.as_slice(),
+        }
+    }
+
     fn bounds(&self) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
         match &self.end {
             RangeEnd::Single => (Bound::Included(self.start.clone()), Bound::Included(self.start.clone())),
@@ -218,6 +232,7 @@ impl Mvcc {
             revision: INITIAL_REVISION,
             compact_revision: 0,
             keys: BTreeMap::new(),
+            changes: BTreeMap::new(),
         }
     }
 
@@ -433,7 +448,63 @@ impl Mvcc {
             self.keys.remove(&key);
         }
         self.compact_revision = target;
+        // Events below the compaction revision can no longer be replayed.
+        self.changes = self.changes.split_off(&target);
         Ok(CompactionResponse { header: self.header() })
+    }
+
+    /// The events of revisions `from..=to` on keys in `range`, in revision
+    /// order and, within a revision, in the order the write applied them;
+    /// whole revisions only, stopping after the revision in which the count
+    /// reaches `limit`. Returns the events and the last revision covered (the
+    /// caller resumes from the next one). Fails with `Compacted` when `from`
+    /// is below the compaction revision.
+    pub fn events(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        limit: usize,
+        with_prev_kv: bool,
+    ) -> Result<(Vec<Event>, i64), MvccError> {
+        if from < self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        let to = to.min(self.revision);
+        let mut events = Vec::new();
+        if from > to {
+            return Ok((events, to));
+        }
+        for (revision, keys) in self.changes.range(from..=to) {
+            for key in keys {
+                if !range.contains(key) {
+                    continue;
+                }
+                let Some(history) = self.keys.get(key) else { continue };
+                let position = history.versions.partition_point(|version| version.mod_revision < *revision);
+                let Some(version) = history.versions.get(position).filter(|v| v.mod_revision == *revision) else {
+                    continue;
+                };
+                let prev_kv = if with_prev_kv && position > 0 {
+                    let previous = &history.versions[position - 1];
+                    previous.kv.as_ref().map(|stored| to_key_value(key, stored, previous.mod_revision))
+                } else {
+                    None
+                };
+                let (kind, kv) = match &version.kv {
+                    Some(stored) => (EventType::Put, to_key_value(key, stored, *revision)),
+                    None => (
+                        EventType::Delete,
+                        KeyValue { key: key.clone(), mod_revision: *revision, ..Default::default() },
+                    ),
+                };
+                events.push(Event { r#type: kind as i32, kv: Some(kv), prev_kv });
+            }
+            if events.len() >= limit {
+                return Ok((events, *revision));
+            }
+        }
+        Ok((events, to))
     }
 
     fn evaluate_compares(&self, compares: &[Compare]) -> Result<bool, MvccError> {
@@ -664,6 +735,7 @@ impl Mvcc {
         } else {
             None
         };
+        self.changes.entry(revision).or_default().push(put.key.clone());
         history.versions.push(Version {
             mod_revision: revision,
             kv: Some(StoredValue {
@@ -680,6 +752,7 @@ impl Mvcc {
         let range = KeyRange::new(&delete.key, &delete.range_end);
         let mut deleted = 0;
         let mut prev_kvs = Vec::new();
+        let mut changed_keys = Vec::new();
         if !range.is_empty() {
             for (key, history) in self.keys.range_mut(range.bounds()) {
                 let Some((stored, mod_revision)) = history.latest() else {
@@ -689,11 +762,15 @@ impl Mvcc {
                     prev_kvs.push(to_key_value(key, stored, mod_revision));
                 }
                 deleted += 1;
+                changed_keys.push(key.clone());
                 history.versions.push(Version {
                     mod_revision: revision,
                     kv: None,
                 });
             }
+        }
+        if !changed_keys.is_empty() {
+            self.changes.entry(revision).or_default().extend(changed_keys);
         }
         DeleteRangeResponse {
             header: None,
@@ -1467,6 +1544,67 @@ mod tests {
         assert_eq!(keys(&store, &request), [b"s/b".to_vec(), b"s/a".to_vec()]);
         request.sort_order = range_request::SortOrder::Ascend as i32;
         assert_eq!(keys(&store, &request), [b"s/d".to_vec(), b"s/b".to_vec()]);
+    }
+
+    fn event_summary(events: &[Event]) -> Vec<(i32, String, i64, Option<String>)> {
+        events
+            .iter()
+            .map(|event| {
+                let kv = event.kv.as_ref().unwrap();
+                (
+                    event.r#type,
+                    String::from_utf8(kv.key.clone()).unwrap(),
+                    kv.mod_revision,
+                    event.prev_kv.as_ref().map(|prev| String::from_utf8(prev.value.clone()).unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn events_replay_history_in_revision_and_op_order() {
+        let mut store = Mvcc::new();
+        store.put(&put("w/a", "1")).unwrap(); // 2
+        store.put(&put("other", "x")).unwrap(); // 3
+        let txn = TxnRequest { success: vec![op_put("w/c", "1"), op_put("w/b", "1")], ..Default::default() };
+        store.txn(&txn).unwrap(); // 4: c then b
+        store.put(&put("w/a", "2")).unwrap(); // 5
+        store
+            .delete_range(&DeleteRangeRequest { key: "w/".into(), range_end: prefix_end("w/"), prev_kv: false })
+            .unwrap(); // 6
+        let range = KeyRange::new(b"w/", &prefix_end("w/"));
+        let (events, last) = store.events(&range, 1, 100, 1000, true).unwrap();
+        assert_eq!(last, 6);
+        let put_type = EventType::Put as i32;
+        let delete_type = EventType::Delete as i32;
+        assert_eq!(
+            event_summary(&events),
+            vec![
+                (put_type, "w/a".into(), 2, None),
+                (put_type, "w/c".into(), 4, None),
+                (put_type, "w/b".into(), 4, None),
+                (put_type, "w/a".into(), 5, Some("1".into())),
+                (delete_type, "w/a".into(), 6, Some("2".into())),
+                (delete_type, "w/b".into(), 6, Some("1".into())),
+                (delete_type, "w/c".into(), 6, Some("1".into())),
+            ]
+        );
+        // A limit stops after a whole revision.
+        let (events, last) = store.events(&range, 1, 100, 2, false).unwrap();
+        assert_eq!((events.len(), last), (3, 4));
+        let (events, last) = store.events(&range, 5, 100, 1000, false).unwrap();
+        assert_eq!((events.len(), last), (4, 6));
+        // Nothing new: covered up to the current revision.
+        let (events, last) = store.events(&range, 7, 100, 1000, false).unwrap();
+        assert_eq!((events.len(), last), (0, 6));
+        // A single key.
+        let (events, _) = store.events(&KeyRange::new(b"other", b""), 1, 100, 1000, false).unwrap();
+        assert_eq!(events.len(), 1);
+        // Compaction cuts replay.
+        store.compact(&CompactionRequest { revision: 5, physical: false }).unwrap();
+        assert_eq!(store.events(&range, 4, 100, 1000, false), Err(MvccError::Compacted));
+        let (events, _) = store.events(&range, 5, 100, 1000, false).unwrap();
+        assert_eq!(events.len(), 4);
     }
 
     #[test]
