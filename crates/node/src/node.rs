@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use zongheng_proto::etcdserverpb::cluster_server::ClusterServer;
 use zongheng_proto::etcdserverpb::kv_server::KvServer;
 use zongheng_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use zongheng_proto::etcdserverpb::watch_server::WatchServer;
 use zongheng_proto::peer::peer_server::PeerServer;
 use zongheng_proto::peer::MembersRequest;
 use zongheng_storage::{Durability, Engine, Key, WriteBatch};
@@ -43,6 +44,7 @@ use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{codec, url_host_port, PeerNode, META_GROUP};
 use crate::server::etcd::{EtcdServices, GRPC_OVERHEAD_BYTES};
 use crate::server::peer::PeerService;
+use crate::server::watch::WatchService;
 
 /// Most open client connections per node (each costs buffers and a task).
 pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
@@ -353,6 +355,7 @@ pub async fn start(
         }));
     let services = EtcdServices::new(meta.clone(), config.limits.clone(), engine.clone());
     let max_message = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let watch_service = WatchService::new(meta.clone(), shutdown_signal.clone(), config.limits.max_request_bytes);
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
@@ -364,6 +367,11 @@ pub async fn start(
             )
             .add_service(ClusterServer::new(services.clone()).max_decoding_message_size(max_message))
             .add_service(MaintenanceServer::new(services).max_decoding_message_size(max_message))
+            .add_service(
+                WatchServer::new(watch_service)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+            )
             .serve_with_incoming_shutdown(client_listener, async move {
                 let _ = signal.wait_for(|stop| *stop).await;
             })

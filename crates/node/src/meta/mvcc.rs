@@ -170,7 +170,7 @@ impl KeyRange {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         match &self.end {
             RangeEnd::Exclusive(end) => end.as_slice() <= self.start.as_slice(),
             _ => false,
@@ -481,13 +481,18 @@ impl Mvcc {
                     continue;
                 }
                 let Some(history) = self.keys.get(key) else { continue };
-                let position = history.versions.partition_point(|version| version.mod_revision < *revision);
+                let position = history
+                    .versions
+                    .partition_point(|version| version.mod_revision < *revision);
                 let Some(version) = history.versions.get(position).filter(|v| v.mod_revision == *revision) else {
                     continue;
                 };
                 let prev_kv = if with_prev_kv && position > 0 {
                     let previous = &history.versions[position - 1];
-                    previous.kv.as_ref().map(|stored| to_key_value(key, stored, previous.mod_revision))
+                    previous
+                        .kv
+                        .as_ref()
+                        .map(|stored| to_key_value(key, stored, previous.mod_revision))
                 } else {
                     None
                 };
@@ -495,10 +500,18 @@ impl Mvcc {
                     Some(stored) => (EventType::Put, to_key_value(key, stored, *revision)),
                     None => (
                         EventType::Delete,
-                        KeyValue { key: key.clone(), mod_revision: *revision, ..Default::default() },
+                        KeyValue {
+                            key: key.clone(),
+                            mod_revision: *revision,
+                            ..Default::default()
+                        },
                     ),
                 };
-                events.push(Event { r#type: kind as i32, kv: Some(kv), prev_kv });
+                events.push(Event {
+                    r#type: kind as i32,
+                    kv: Some(kv),
+                    prev_kv,
+                });
             }
             if events.len() >= limit {
                 return Ok((events, *revision));
@@ -1555,7 +1568,10 @@ mod tests {
                     event.r#type,
                     String::from_utf8(kv.key.clone()).unwrap(),
                     kv.mod_revision,
-                    event.prev_kv.as_ref().map(|prev| String::from_utf8(prev.value.clone()).unwrap()),
+                    event
+                        .prev_kv
+                        .as_ref()
+                        .map(|prev| String::from_utf8(prev.value.clone()).unwrap()),
                 )
             })
             .collect()
@@ -1566,11 +1582,18 @@ mod tests {
         let mut store = Mvcc::new();
         store.put(&put("w/a", "1")).unwrap(); // 2
         store.put(&put("other", "x")).unwrap(); // 3
-        let txn = TxnRequest { success: vec![op_put("w/c", "1"), op_put("w/b", "1")], ..Default::default() };
+        let txn = TxnRequest {
+            success: vec![op_put("w/c", "1"), op_put("w/b", "1")],
+            ..Default::default()
+        };
         store.txn(&txn).unwrap(); // 4: c then b
         store.put(&put("w/a", "2")).unwrap(); // 5
         store
-            .delete_range(&DeleteRangeRequest { key: "w/".into(), range_end: prefix_end("w/"), prev_kv: false })
+            .delete_range(&DeleteRangeRequest {
+                key: "w/".into(),
+                range_end: prefix_end("w/"),
+                prev_kv: false,
+            })
             .unwrap(); // 6
         let range = KeyRange::new(b"w/", &prefix_end("w/"));
         let (events, last) = store.events(&range, 1, 100, 1000, true).unwrap();
@@ -1598,10 +1621,17 @@ mod tests {
         let (events, last) = store.events(&range, 7, 100, 1000, false).unwrap();
         assert_eq!((events.len(), last), (0, 6));
         // A single key.
-        let (events, _) = store.events(&KeyRange::new(b"other", b""), 1, 100, 1000, false).unwrap();
+        let (events, _) = store
+            .events(&KeyRange::new(b"other", b""), 1, 100, 1000, false)
+            .unwrap();
         assert_eq!(events.len(), 1);
         // Compaction cuts replay.
-        store.compact(&CompactionRequest { revision: 5, physical: false }).unwrap();
+        store
+            .compact(&CompactionRequest {
+                revision: 5,
+                physical: false,
+            })
+            .unwrap();
         assert_eq!(store.events(&range, 4, 100, 1000, false), Err(MvccError::Compacted));
         let (events, _) = store.events(&range, 5, 100, 1000, false).unwrap();
         assert_eq!(events.len(), 4);

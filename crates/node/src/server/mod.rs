@@ -4,3 +4,4 @@
 pub mod etcd;
 pub mod peer;
 pub mod status;
+pub mod watch;
