@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zongheng_proto::etcdserverpb::cluster_server::ClusterServer;
 use zongheng_proto::etcdserverpb::kv_server::KvServer;
+use zongheng_proto::etcdserverpb::lease_server::LeaseServer;
 use zongheng_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use zongheng_proto::etcdserverpb::watch_server::WatchServer;
 use zongheng_proto::peer::peer_server::PeerServer;
@@ -43,6 +44,7 @@ use crate::raft::network::{NetworkFactory, PeerPool, PEER_MESSAGE_BYTES_MAX};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{codec, url_host_port, PeerNode, META_GROUP};
 use crate::server::etcd::{EtcdServices, GRPC_OVERHEAD_BYTES};
+use crate::server::lease::LeaseService;
 use crate::server::peer::PeerService;
 use crate::server::watch::WatchService;
 
@@ -355,6 +357,15 @@ pub async fn start(
         }));
     let services = EtcdServices::new(meta.clone(), config.limits.clone(), engine.clone());
     let max_message = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let lease_service = LeaseService::new(
+        meta.clone(),
+        std::time::Duration::from_millis(config.raft.election_timeout_ms),
+    );
+    tasks.push(tokio::spawn(crate::meta::lease::run_expiry(
+        meta.clone(),
+        meta.lease_clock.clone(),
+        shutdown_signal.clone(),
+    )));
     let watch_service = WatchService::new(meta.clone(), shutdown_signal.clone(), config.limits.max_request_bytes);
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
@@ -367,6 +378,7 @@ pub async fn start(
             )
             .add_service(ClusterServer::new(services.clone()).max_decoding_message_size(max_message))
             .add_service(MaintenanceServer::new(services).max_decoding_message_size(max_message))
+            .add_service(LeaseServer::new(lease_service).max_decoding_message_size(max_message))
             .add_service(
                 WatchServer::new(watch_service)
                     .max_decoding_message_size(max_message)

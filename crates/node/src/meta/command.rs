@@ -19,6 +19,15 @@ pub enum MetaCommand {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    /// Grant a lease (the id is chosen before proposing).
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revoke a lease: its keys are deleted in one revision.
+    LeaseRevoke {
+        id: i64,
+    },
     /// A member announces the name and client URLs it serves (etcd's publish).
     PublishMember {
         id: u64,
@@ -39,6 +48,8 @@ impl MetaCommand {
             MetaCommand::DeleteRange(_) => "delete_range",
             MetaCommand::Txn(_) => "txn",
             MetaCommand::Compact(_) => "compact",
+            MetaCommand::LeaseGrant { .. } => "lease_grant",
+            MetaCommand::LeaseRevoke { .. } => "lease_revoke",
             MetaCommand::PublishMember { .. } => "publish_member",
             MetaCommand::ForgetMember { .. } => "forget_member",
         }
@@ -52,6 +63,16 @@ pub enum MetaResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    /// A lease was granted (nothing else changes; `revision` is the current one).
+    LeaseGranted {
+        id: i64,
+        ttl: i64,
+        revision: i64,
+    },
+    /// A lease was revoked; `revision` is the store's revision after it.
+    LeaseRevoked {
+        revision: i64,
+    },
     /// Applied; nothing to report (membership and blank entries, publish).
     Done,
     /// The command was refused by the state machine; nothing changed.

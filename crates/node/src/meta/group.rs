@@ -80,10 +80,28 @@ pub enum MetaError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderCall {
     Command(MetaCommand),
-    AddMember { peer_urls: Vec<String>, is_learner: bool },
-    RemoveMember { id: u64 },
-    PromoteMember { id: u64 },
-    UpdateMember { id: u64, peer_urls: Vec<String> },
+    AddMember {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    },
+    RemoveMember {
+        id: u64,
+    },
+    PromoteMember {
+        id: u64,
+    },
+    UpdateMember {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+    /// Renew a lease on the leader's clock (not written to the log).
+    LeaseKeepAlive {
+        id: i64,
+    },
+    /// Seconds left on a lease, by the leader's clock.
+    LeaseTimeToLive {
+        id: i64,
+    },
 }
 
 /// The leader's answer to a [`LeaderCall`].
@@ -98,6 +116,12 @@ pub enum LeaderReply {
         id: u64,
     },
     MembershipChanged,
+    /// The lease's TTL (keep-alive) or remaining seconds (time-to-live);
+    /// `None` when the lease does not exist.
+    LeaseTtl {
+        ttl: Option<i64>,
+        granted_ttl: i64,
+    },
 }
 
 /// One member as `MemberList` reports it.
@@ -116,6 +140,8 @@ pub struct MetaGroup {
     pub raft: Raft<MetaRaftConfig>,
     pub state: Shared<MetaApp>,
     pool: Arc<PeerPool>,
+    /// Lease deadlines, kept while this node leads (see `meta::lease`).
+    pub lease_clock: super::lease::SharedLeaseClock,
 }
 
 impl MetaGroup {
@@ -132,6 +158,7 @@ impl MetaGroup {
             raft,
             state,
             pool,
+            lease_clock: Default::default(),
         }
     }
 
@@ -264,6 +291,8 @@ impl MetaGroup {
                 LeaderCall::RemoveMember { id } => self.remove_member(id).await,
                 LeaderCall::PromoteMember { id } => self.promote_member(id).await,
                 LeaderCall::UpdateMember { id, peer_urls } => self.update_member(id, peer_urls).await,
+                LeaderCall::LeaseKeepAlive { id } => self.lease_on_leader(id, true),
+                LeaderCall::LeaseTimeToLive { id } => self.lease_on_leader(id, false),
             }
         };
         match tokio::time::timeout(remaining, work).await {
@@ -409,6 +438,30 @@ impl MetaGroup {
             .await
             .map_err(write_error)?;
         Ok(LeaderReply::MembershipChanged)
+    }
+
+    /// Keep-alive or time-to-live of a lease, on the leader's clock.
+    fn lease_on_leader(&self, id: i64, renew: bool) -> Result<LeaderReply, MetaError> {
+        if !self.is_leader() {
+            return Err(MetaError::NotLeader {
+                leader: self.current_leader(),
+            });
+        }
+        let Some(granted_ttl) = self.read(|app| app.kv.lease(id).map(|record| record.ttl)) else {
+            return Ok(LeaderReply::LeaseTtl {
+                ttl: None,
+                granted_ttl: 0,
+            });
+        };
+        let now = Instant::now();
+        let mut clock = self.lease_clock.lock().expect("lease clock lock poisoned");
+        clock.ensure(id, granted_ttl, now);
+        let ttl = if renew {
+            clock.keep_alive(id, granted_ttl, now)
+        } else {
+            clock.remaining_seconds(id, now)
+        };
+        Ok(LeaderReply::LeaseTtl { ttl, granted_ttl })
     }
 
     async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<LeaderReply, MetaError> {

@@ -30,6 +30,7 @@
 pub mod app;
 pub mod command;
 pub mod group;
+pub mod lease;
 pub mod mvcc;
 
 pub use app::MetaApp;

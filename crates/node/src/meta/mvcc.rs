@@ -27,9 +27,12 @@
 //! so everything observable is deterministic.
 //!
 //! ## What it does not do yet
-//! Leases exist only as a field: a `Put` with a non-zero lease is refused with
-//! `LeaseNotFound` until the lease subsystem lands, which is exactly what etcd
-//! answers for a lease id it does not know.
+//! ## Leases
+//! The store records which leases exist (id and granted TTL) and which keys
+//! each holds, because attaching and detaching happen in the same write as
+//! the put or delete. *When* a lease expires is not state: the leader's lease
+//! clock (`meta::lease`) decides and proposes a revoke, which deletes the
+//! lease's keys in one revision here.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -58,6 +61,8 @@ pub enum MvccError {
     KeyNotFound,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error("key is not provided")]
     EmptyKey,
     #[error("value is provided")]
@@ -130,6 +135,17 @@ pub struct Mvcc {
     /// (etcd's sub-revision order): the index watchers replay events from.
     /// Pruned with compaction, like the versions it points to.
     changes: BTreeMap<i64, Vec<Vec<u8>>>,
+    /// Live leases: id -> granted TTL and the keys attached to it.
+    leases: BTreeMap<i64, LeaseRecord>,
+}
+
+/// A granted lease as the store knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// TTL in seconds, as granted.
+    pub ttl: i64,
+    /// Keys currently attached, in key order.
+    pub keys: std::collections::BTreeSet<Vec<u8>>,
 }
 
 impl Default for Mvcc {
@@ -233,6 +249,7 @@ impl Mvcc {
             compact_revision: 0,
             keys: BTreeMap::new(),
             changes: BTreeMap::new(),
+            leases: BTreeMap::new(),
         }
     }
 
@@ -453,6 +470,58 @@ impl Mvcc {
         Ok(CompactionResponse { header: self.header() })
     }
 
+    /// Grant lease `id` with `ttl` seconds. Does not change the revision.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<(), MvccError> {
+        if id <= 0 {
+            return Err(MvccError::InvalidRequest(format!(
+                "lease id must be positive, got {id}"
+            )));
+        }
+        if self.leases.contains_key(&id) {
+            return Err(MvccError::LeaseExists);
+        }
+        self.leases.insert(
+            id,
+            LeaseRecord {
+                ttl,
+                keys: Default::default(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Revoke lease `id`: delete every key attached to it in one write
+    /// transaction (one revision, a delete event per key), then forget the
+    /// lease. Returns the revision after the revoke.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<i64, MvccError> {
+        let record = self.leases.remove(&id).ok_or(MvccError::LeaseNotFound)?;
+        if record.keys.is_empty() {
+            return Ok(self.revision);
+        }
+        let next = self.revision + 1;
+        for key in &record.keys {
+            let delete = DeleteRangeRequest {
+                key: key.clone(),
+                range_end: vec![],
+                prev_kv: false,
+            };
+            let response = self.apply_delete(&delete, next);
+            assert_eq!(response.deleted, 1, "a key attached to lease {id} must be live");
+        }
+        self.revision = next;
+        Ok(self.revision)
+    }
+
+    /// A lease's granted TTL and attached keys.
+    pub fn lease(&self, id: i64) -> Option<&LeaseRecord> {
+        self.leases.get(&id)
+    }
+
+    /// Every live lease, in id order.
+    pub fn leases(&self) -> impl Iterator<Item = (i64, &LeaseRecord)> {
+        self.leases.iter().map(|(id, record)| (*id, record))
+    }
+
     /// The events of revisions `from..=to` on keys in `range`, in revision
     /// order and, within a revision, in the order the write applied them;
     /// whole revisions only, stopping after the revision in which the count
@@ -598,7 +667,7 @@ impl Mvcc {
                 return Err(MvccError::KeyNotFound);
             }
         }
-        if put.lease != 0 {
+        if put.lease != 0 && !self.leases.contains_key(&put.lease) {
             return Err(MvccError::LeaseNotFound);
         }
         Ok(())
@@ -627,7 +696,7 @@ impl Mvcc {
                 }
                 Some(request_op::Request::RequestPut(put)) => {
                     validate_put(put)?;
-                    if put.lease != 0 {
+                    if put.lease != 0 && !self.leases.contains_key(&put.lease) {
                         return Err(MvccError::LeaseNotFound);
                     }
                     if put.ignore_value || put.ignore_lease {
@@ -749,6 +818,15 @@ impl Mvcc {
             None
         };
         self.changes.entry(revision).or_default().push(put.key.clone());
+        let previous_lease = previous.as_ref().map(|(stored, _)| stored.lease).unwrap_or(0);
+        if previous_lease != lease {
+            if let Some(record) = self.leases.get_mut(&previous_lease) {
+                record.keys.remove(&put.key);
+            }
+            if let Some(record) = self.leases.get_mut(&lease) {
+                record.keys.insert(put.key.clone());
+            }
+        }
         history.versions.push(Version {
             mod_revision: revision,
             kv: Some(StoredValue {
@@ -766,6 +844,7 @@ impl Mvcc {
         let mut deleted = 0;
         let mut prev_kvs = Vec::new();
         let mut changed_keys = Vec::new();
+        let mut detached = Vec::new();
         if !range.is_empty() {
             for (key, history) in self.keys.range_mut(range.bounds()) {
                 let Some((stored, mod_revision)) = history.latest() else {
@@ -776,6 +855,9 @@ impl Mvcc {
                 }
                 deleted += 1;
                 changed_keys.push(key.clone());
+                if stored.lease != 0 {
+                    detached.push((stored.lease, key.clone()));
+                }
                 history.versions.push(Version {
                     mod_revision: revision,
                     kv: None,
@@ -784,6 +866,11 @@ impl Mvcc {
         }
         if !changed_keys.is_empty() {
             self.changes.entry(revision).or_default().extend(changed_keys);
+        }
+        for (lease, key) in detached {
+            if let Some(record) = self.leases.get_mut(&lease) {
+                record.keys.remove(&key);
+            }
         }
         DeleteRangeResponse {
             header: None,
@@ -1635,6 +1722,61 @@ mod tests {
         assert_eq!(store.events(&range, 4, 100, 1000, false), Err(MvccError::Compacted));
         let (events, _) = store.events(&range, 5, 100, 1000, false).unwrap();
         assert_eq!(events.len(), 4);
+    }
+
+    #[test]
+    fn leases_attach_detach_and_revoke_in_one_revision() {
+        let mut store = Mvcc::new();
+        assert_eq!(
+            store.put(&PutRequest {
+                lease: 7,
+                ..put("a", "1")
+            }),
+            Err(MvccError::LeaseNotFound)
+        );
+        store.lease_grant(7, 10).unwrap();
+        assert_eq!(store.lease_grant(7, 10), Err(MvccError::LeaseExists));
+        assert_eq!(store.revision(), 1, "a grant does not change the revision");
+        store
+            .put(&PutRequest {
+                lease: 7,
+                ..put("a", "1")
+            })
+            .unwrap(); // 2
+        store
+            .put(&PutRequest {
+                lease: 7,
+                ..put("b", "1")
+            })
+            .unwrap(); // 3
+        store
+            .put(&PutRequest {
+                lease: 7,
+                ..put("c", "1")
+            })
+            .unwrap(); // 4
+        store.put(&put("b", "2")).unwrap(); // 5: b detached (no lease)
+        store.delete_range(&delete("c")).unwrap(); // 6: c detached
+        store
+            .put(&PutRequest {
+                ignore_lease: true,
+                ..put("a", "2")
+            })
+            .unwrap(); // 7: a keeps lease 7
+        let keys: Vec<_> = store.lease(7).unwrap().keys.iter().cloned().collect();
+        assert_eq!(keys, [b"a".to_vec()]);
+        assert_eq!(get(&store, "a").unwrap().lease, 7);
+        assert_eq!(store.lease_revoke(7), Ok(8));
+        assert_eq!(get(&store, "a"), None);
+        assert_eq!(get(&store, "b").unwrap().value, b"2");
+        assert_eq!(store.lease_revoke(7), Err(MvccError::LeaseNotFound));
+        let range = KeyRange::new(b"a", b"");
+        let (events, _) = store.events(&range, 8, 8, 10, false).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].r#type, EventType::Delete as i32);
+        // A lease with no keys revokes without a new revision.
+        store.lease_grant(9, 5).unwrap();
+        assert_eq!(store.lease_revoke(9), Ok(8));
     }
 
     #[test]

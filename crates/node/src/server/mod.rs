@@ -2,6 +2,7 @@
 //! peer service between nodes ([`peer`]), on separate listeners.
 
 pub mod etcd;
+pub mod lease;
 pub mod peer;
 pub mod status;
 pub mod watch;

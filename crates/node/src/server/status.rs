@@ -50,6 +50,22 @@ pub fn key_too_large(limit: usize) -> Status {
     )
 }
 
+pub fn lease_ttl_too_large(max_seconds: i64) -> Status {
+    status(
+        Code::OutOfRange,
+        format!("etcdserver: too large lease TTL (the limit is {max_seconds} s)"),
+        "ZH_LEASE_TTL_TOO_LARGE",
+    )
+}
+
+pub fn too_many_leases(max: usize) -> Status {
+    status(
+        Code::ResourceExhausted,
+        format!("etcdserver: too many leases (the limit is {max}; revoke unused ones)"),
+        "ZH_TOO_MANY_LEASES",
+    )
+}
+
 pub fn unimplemented(what: &str) -> Status {
     status(
         Code::Unimplemented,
@@ -72,6 +88,11 @@ impl From<MvccError> for Status {
                 "ZH_MVCC_FUTURE_REVISION",
             ),
             MvccError::KeyNotFound => status(Code::InvalidArgument, "etcdserver: key not found", "ZH_KEY_NOT_FOUND"),
+            MvccError::LeaseExists => status(
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+                "ZH_LEASE_EXISTS",
+            ),
             MvccError::LeaseNotFound => status(
                 Code::NotFound,
                 "etcdserver: requested lease not found",
