@@ -39,6 +39,9 @@ fn main() {
             Command::Kv(args) => zongheng::cli::kv::run(args).await,
             Command::Member(args) => zongheng::cli::member::run(args).await,
             Command::Status(args) => zongheng::cli::status::run(args).await,
+            Command::Watch(args) => zongheng::cli::watch::run(args).await,
+            Command::Lease(args) => zongheng::cli::lease::run(args).await,
+            Command::Service(args) => zongheng::cli::service::run(args).await,
         }
     });
     if let Err(error) = result {

@@ -3,14 +3,18 @@
 //!
 //! - `zongheng node ...`: run one node (see [`crate::config`]).
 //! - `zongheng dev ...`: a local cluster of real node processes on loopback.
-//! - `zongheng kv|member|status ...`: a client for people without etcdctl,
-//!   readable output by default and `--json` for scripts.
+//! - `zongheng kv|member|status|watch|lease ...`: a client for people without
+//!   etcdctl, readable output by default and `--json` for scripts.
+//! - `zongheng service register|list|watch`: a service registry.
 
 pub mod client;
 pub mod dev;
 pub mod kv;
+pub mod lease;
 pub mod member;
+pub mod service;
 pub mod status;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -37,4 +41,10 @@ pub enum Command {
     Member(member::MemberArgs),
     /// Show each endpoint's status (leader, term, revision, index, size).
     Status(status::StatusArgs),
+    /// Print changes to a key, range or prefix as they happen.
+    Watch(watch::WatchArgs),
+    /// Grant, revoke, keep alive, inspect and list leases.
+    Lease(lease::LeaseArgs),
+    /// A service registry: register instances, list them, follow them.
+    Service(service::ServiceArgs),
 }
