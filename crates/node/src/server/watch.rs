@@ -289,8 +289,7 @@ impl StreamTask {
     async fn pump(&mut self) -> Result<(), Closed> {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
-            loop {
-                let Some(watcher) = self.watchers.get(&id) else { break };
+            while let Some(watcher) = self.watchers.get(&id) {
                 let current = self.current_revision();
                 if watcher.next_revision > current {
                     break;
@@ -350,7 +349,7 @@ impl StreamTask {
     fn responses(&self, id: i64, revision: i64, events: Vec<Event>, fragment: bool) -> Vec<WatchResponse> {
         let header = self.header(revision);
         let whole = WatchResponse {
-            header: header.clone(),
+            header,
             watch_id: id,
             events,
             ..Default::default()
@@ -360,7 +359,7 @@ impl StreamTask {
         }
         let mut responses = Vec::new();
         let mut current = WatchResponse {
-            header: header.clone(),
+            header,
             watch_id: id,
             ..Default::default()
         };
@@ -369,7 +368,7 @@ impl StreamTask {
             if !current.events.is_empty() && current.encoded_len() + event_bytes > self.service.max_response_bytes {
                 current.fragment = true;
                 let next = WatchResponse {
-                    header: header.clone(),
+                    header,
                     watch_id: id,
                     ..Default::default()
                 };
