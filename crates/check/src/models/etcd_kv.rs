@@ -409,7 +409,9 @@ pub(crate) fn serializable_violation(history: &KvHistory, floor_per_client: bool
                         operation: read.id,
                         reason: format!(
                             "serializable read returned revision {revision}, but its client {} had already seen \
-                             revision {floor} (operation #{seen_by}); a member's revision never goes back",
+                             revision {floor} (operation #{seen_by}); a member's revision never goes back (if this \
+                             client switched members in between, record it under a new client id, or set \
+                             EtcdKvModel::serializable_floor_per_client to false)",
                             read.client
                         ),
                     });
