@@ -6,8 +6,10 @@
 //! and log file in one temp dir, and waits until every member serves a
 //! linearizable read. Tests then drive the cluster with the `etcdctl` binary
 //! (etcd 3.4, Debian's `etcd-client`) through [`Cluster::etcdctl`], and break
-//! it with [`Cluster::kill9`], [`Cluster::stop`], [`Cluster::restart`] and
-//! [`Cluster::add_member`].
+//! it with [`Cluster::kill9`], [`Cluster::stop`], [`Cluster::restart`],
+//! [`Cluster::pause`] / [`Cluster::resume`] (SIGSTOP / SIGCONT: a frozen
+//! process, as in a long GC pause) and [`Cluster::add_member`]. The
+//! [`netns`] module runs members in network namespaces for real partitions.
 //!
 //! Why processes and etcdctl rather than in-process nodes: this tier checks
 //! what an operator sees. A real `kill -9` loses whatever was not fsynced; a
@@ -29,6 +31,8 @@
 //! temp dirs (data and logs) after the test for inspection.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod netns;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -202,6 +206,8 @@ pub struct Member {
     initial_cluster: String,
     child: Option<Child>,
     starts: u32,
+    /// Stopped with SIGSTOP and not yet continued.
+    paused: bool,
 }
 
 impl Member {
@@ -417,6 +423,7 @@ impl Cluster {
                     initial_cluster: String::new(),
                     child: None,
                     starts: 0,
+                    paused: false,
                 }
             })
             .collect();
@@ -462,11 +469,13 @@ impl Cluster {
         self.members.iter().map(Member::client_url).collect()
     }
 
-    /// Client URLs of the running members.
+    /// Client URLs of the running members that are not paused (a paused
+    /// member accepts connections but never answers: etcdctl would wait
+    /// out its whole command timeout on it).
     pub fn live_client_urls(&self) -> Vec<String> {
         self.members
             .iter()
-            .filter(|member| member.child.is_some())
+            .filter(|member| member.child.is_some() && !member.paused)
             .map(Member::client_url)
             .collect()
     }
@@ -588,10 +597,52 @@ impl Cluster {
             .child
             .take()
             .unwrap_or_else(|| panic!("{} is not running", member.name));
-        // Child::kill sends SIGKILL to this PID, a process we started.
+        // Child::kill sends SIGKILL to this PID, a process we started. It
+        // ends a stopped (paused) process too.
         drop(child.kill());
         drop(child.wait());
+        member.paused = false;
         append_log_note(&member.log_path, &format!("harness: kill -9 pid {}", child.id()));
+    }
+
+    /// Freezes member `index` with SIGSTOP: it keeps its sockets and its
+    /// state, the kernel keeps accepting connections for it, but it answers
+    /// nothing until [`Cluster::resume`] (a long GC pause, a stalled VM).
+    pub fn pause(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        assert!(!member.paused, "{} is already paused", member.name);
+        let pid = member
+            .child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("{} is not running", member.name));
+        signal_child(pid, nix::sys::signal::Signal::SIGSTOP);
+        member.paused = true;
+        append_log_note(&member.log_path, &format!("harness: SIGSTOP pid {pid}"));
+    }
+
+    /// Continues member `index` after [`Cluster::pause`] with SIGCONT.
+    pub fn resume(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        assert!(member.paused, "{} is not paused", member.name);
+        let pid = member
+            .child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("{} is not running", member.name));
+        signal_child(pid, nix::sys::signal::Signal::SIGCONT);
+        member.paused = false;
+        append_log_note(&member.log_path, &format!("harness: SIGCONT pid {pid}"));
+    }
+
+    /// Whether member `index` is stopped with SIGSTOP.
+    pub fn is_paused(&self, index: usize) -> bool {
+        self.members[index].paused
+    }
+
+    /// PID of member `index`'s process, if running.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.members[index].pid()
     }
 
     /// Sends SIGTERM to member `index` and waits for it to exit; kills it if
@@ -602,6 +653,11 @@ impl Cluster {
             .child
             .take()
             .unwrap_or_else(|| panic!("{} is not running", member.name));
+        if member.paused {
+            // A stopped process keeps SIGTERM pending until it runs again.
+            signal_child(child.id(), nix::sys::signal::Signal::SIGCONT);
+            member.paused = false;
+        }
         append_log_note(&member.log_path, &format!("harness: SIGTERM pid {}", child.id()));
         drop(Command::new("kill").args(["-TERM", &child.id().to_string()]).status());
         let exited = wait_for(STOP_TIMEOUT, Duration::from_millis(20), || {
@@ -645,6 +701,7 @@ impl Cluster {
             initial_cluster: String::new(),
             child: None,
             starts: 0,
+            paused: false,
         };
         let peer_urls = format!("--peer-urls={}", member.peer_url());
         // etcd 3.4 refuses `member add` with "etcdserver: unhealthy cluster"
@@ -785,6 +842,7 @@ impl Cluster {
         let member = &mut self.members[index];
         let status = member.child.as_mut()?.try_wait().ok().flatten()?;
         member.child = None;
+        member.paused = false;
         Some(status)
     }
 }
@@ -816,7 +874,14 @@ fn initial_cluster_of(members: &[Member]) -> String {
         .join(",")
 }
 
-fn append_log_note(path: &Path, note: &str) {
+/// Sends `signal` to `pid`, a child this harness started and has not reaped
+/// (so the PID cannot have been reused).
+pub fn signal_child(pid: u32, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("PID fits in i32"));
+    nix::sys::signal::kill(pid, signal).unwrap_or_else(|error| panic!("{signal} to pid {pid}: {error}"));
+}
+
+pub(crate) fn append_log_note(path: &Path, note: &str) {
     if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(path) {
         let _ = writeln!(log, "===== {note}");
     }
