@@ -12,9 +12,16 @@
 //!   called after the write returns), so a node never acknowledges an entry or
 //!   grants a vote it could forget.
 //! - `truncate` is also synced: a conflicting suffix must not come back.
-//! - `save_committed` and `purge` are buffered: losing them only makes a
-//!   restarted node re-apply or re-purge entries, which is harmless; the next
-//!   synced write makes them durable anyway.
+//! - `save_committed` is synced too, and this one is subtle. openraft restores
+//!   a leader that restarts without losing its vote as leader of the same
+//!   term, and serves linearizable reads from max(first entry of its term,
+//!   committed index). If the committed index came back stale, that leader
+//!   would answer reads from a state machine missing writes it had already
+//!   acknowledged (seen once in the kill -9 process test). openraft saves the
+//!   committed index before applying and answering, so syncing it means the
+//!   restored index covers every acknowledged write.
+//! - `purge` is buffered: losing it only makes a restarted node re-purge
+//!   entries, which is harmless; the next synced write makes it durable.
 //!
 //! Writes run inline on the calling task: for the in-memory engine of the
 //! simulator that is required (determinism), and on redb the fsync blocks one
@@ -195,7 +202,7 @@ where
             Key::RaftCommitted { group: self.group }.encode(),
             Self::encode(&committed)?,
         );
-        self.write(batch, Durability::Buffered)
+        self.write(batch, Durability::Sync)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
