@@ -267,6 +267,17 @@ impl MetaGroup {
                 // the outcome is unknown, report a timeout (never retry).
                 return Err(MetaError::Timeout);
             }
+            // A broken stream (`Unknown` "transport error"), tonic's own
+            // deadline (`Cancelled`), anything else from the transport: the
+            // request may have been applied. Report a timeout, as etcd does.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                return Err(MetaError::Timeout);
+            }
             Ok(Err(status)) => return Err(MetaError::Internal(format!("forward to leader: {status}"))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
@@ -571,6 +582,16 @@ impl MetaGroup {
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(MetaError::NotLeader { leader: None })
             }
+            // A read has no side effect: any transport failure is retried
+            // against whoever leads next, until the deadline.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                return Err(MetaError::NotLeader { leader: None });
+            }
             Ok(Err(status)) => return Err(MetaError::Internal(format!("read index from leader: {status}"))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
@@ -620,9 +641,12 @@ impl MetaGroup {
 
 fn write_error(error: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> MetaError {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => MetaError::NotLeader {
-            leader: forward.leader_id,
-        },
+        // openraft answers ForwardToLeader both when the entry was never
+        // appended and when it was appended and then truncated by a new
+        // leader. A truncated entry may still be committed later (with five
+        // voters, by another node holding it), so the outcome is unknown:
+        // never retry it (that could apply the request twice).
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => MetaError::Timeout,
         RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => match change {
             ChangeMembershipError::InProgress(_) => MetaError::MembershipInProgress,
             ChangeMembershipError::EmptyMembership(_) => {
