@@ -33,6 +33,8 @@ use zongheng_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use zongheng_proto::etcdserverpb::watch_server::WatchServer;
 use zongheng_proto::peer::peer_server::PeerServer;
 use zongheng_proto::peer::MembersRequest;
+use zongheng_proto::v3electionpb::election_server::ElectionServer;
+use zongheng_proto::v3lockpb::lock_server::LockServer;
 use zongheng_storage::{Durability, Engine, Key, WriteBatch};
 
 use crate::config::{ClusterState, NodeConfig};
@@ -43,8 +45,10 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, PeerPool, PEER_MESSAGE_BYTES_MAX};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{codec, url_host_port, PeerNode, META_GROUP};
+use crate::server::election::ElectionService;
 use crate::server::etcd::{EtcdServices, GRPC_OVERHEAD_BYTES};
 use crate::server::lease::LeaseService;
+use crate::server::lock::LockService;
 use crate::server::peer::PeerService;
 use crate::server::watch::WatchService;
 
@@ -367,6 +371,8 @@ pub async fn start(
         shutdown_signal.clone(),
     )));
     let watch_service = WatchService::new(meta.clone(), shutdown_signal.clone(), config.limits.max_request_bytes);
+    let lock_service = LockService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
+    let election_service = ElectionService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
@@ -381,6 +387,12 @@ pub async fn start(
             .add_service(LeaseServer::new(lease_service).max_decoding_message_size(max_message))
             .add_service(
                 WatchServer::new(watch_service)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+            )
+            .add_service(LockServer::new(lock_service).max_decoding_message_size(max_message))
+            .add_service(
+                ElectionServer::new(election_service)
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
             )
