@@ -23,9 +23,9 @@
 //! a partition and may be stale.
 //!
 //! ## What it does not do yet
-//! Watches, leases, locks and elections are the coordination issue's work; the
-//! whole MVCC history is held in memory (values too) and compaction is the
-//! only way to bound it.
+//! Auth (users, roles, permissions) is not implemented; the whole MVCC
+//! history (values included) is held in memory and compaction is the only
+//! way to bound it.
 
 pub mod app;
 pub mod command;

@@ -2,9 +2,9 @@
 //!
 //! Each handler checks its request against the named limits, then either
 //! reads (after a read-index barrier unless the request is serializable) or
-//! proposes a [`MetaCommand`] through the leader. Watch is in
-//! `server::watch`; Lease, Auth, Lock and Election are not registered yet:
-//! clients get gRPC `Unimplemented` for them.
+//! proposes a [`MetaCommand`] through the leader. Watch, Lease, Lock and
+//! Election are in their own modules (`server::{watch, lease, lock,
+//! election}`); Auth is not registered yet: clients get gRPC `Unimplemented`.
 
 use std::pin::Pin;
 use std::sync::Arc;
