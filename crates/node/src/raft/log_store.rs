@@ -226,7 +226,11 @@ where
             batch.put(key, Self::encode(&entry)?);
         }
         // The mutation build acknowledges entries that a crash can still lose.
-        let durability = if cfg!(feature = "mutation-ack-before-fsync") { Durability::Buffered } else { Durability::Sync };
+        let durability = if cfg!(feature = "mutation-ack-before-fsync") {
+            Durability::Buffered
+        } else {
+            Durability::Sync
+        };
         let result = self.engine.write(batch, durability);
         match result {
             Ok(()) => {
