@@ -66,6 +66,8 @@ pub const PEER_CONNECTIONS_MAX: usize = 256;
 
 /// How long a joining node keeps asking the cluster for its member id.
 const JOIN_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a joining node waits for one member's answer.
+const DISCOVERY_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between publish or discovery attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
@@ -214,8 +216,14 @@ async fn discover_identity(config: &NodeConfig, pool: &PeerPool) -> Result<Ident
         for address in &others {
             let mut client = pool.client(address);
             let mut request = tonic::Request::new(MembersRequest { group_id: META_GROUP });
-            request.set_timeout(Duration::from_secs(2));
-            match client.members(request).await {
+            request.set_timeout(DISCOVERY_CALL_TIMEOUT);
+            // `set_timeout` only tells the server; a member that does not
+            // answer at all (powered off, its SYNs dropped) must not hold up
+            // the join until the OS gives up on the connection.
+            let reply = tokio::time::timeout(DISCOVERY_CALL_TIMEOUT, client.members(request))
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")));
+            match reply {
                 Ok(reply) => {
                     let reply = reply.into_inner();
                     let mine = reply.members.iter().find(|member| {
