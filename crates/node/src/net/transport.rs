@@ -99,7 +99,8 @@ pub fn channel(transport: Arc<dyn Transport>, address: &str) -> tonic::transport
         .expect("a host:port is a valid URI")
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .keep_alive_timeout(std::time::Duration::from_secs(5));
+        .keep_alive_timeout(std::time::Duration::from_secs(5))
+        .keep_alive_while_idle(true);
     endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
         let transport = transport.clone();
         let target = target.clone();
