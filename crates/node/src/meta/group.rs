@@ -532,12 +532,38 @@ impl MetaGroup {
         }
     }
 
+    /// The last index in this node's log. On the leader, a read index of at
+    /// least this is always safe: every committed entry is in the leader's log.
+    ///
+    /// openraft's own read index, `max(committed, first entry of this
+    /// leader's term)`, is not enough after a restart: openraft 0.9 restores
+    /// a node that led before a crash as leader of the same term at once,
+    /// with the committed index it reads back from disk, and the first entry
+    /// of its term was committed long ago. The log store fsyncs the committed
+    /// index before openraft applies and answers, but openraft sends the new
+    /// commit index to followers before that fsync (`ReplicateCommitted` is
+    /// issued before `Commit`), so a follower can apply an entry, and a
+    /// client read it there, that the restarted leader's disk does not count
+    /// as committed. The simulator saw such a leader answer a linearizable
+    /// read one revision behind a put it had acknowledged (when the committed
+    /// index was still written without an fsync).
+    fn last_log_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+    }
+
     /// On the leader: confirm leadership with a quorum and return the index a
     /// linearizable read must observe.
     pub async fn read_index_local(&self) -> Result<u64, MetaError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let last_log_index = self.last_log_index();
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.ensure_linearizable()).await {
             Err(_) => Err(MetaError::Timeout),
-            Ok(Ok(read_log_id)) => Ok(read_log_id.map(|log_id| log_id.index).unwrap_or(0)),
+            Ok(Ok(read_log_id)) => {
+                let read_index = read_log_id.map(|log_id| log_id.index).unwrap_or(0).max(last_log_index);
+                self.wait_applied(read_index, deadline.saturating_duration_since(Instant::now()))
+                    .await?;
+                Ok(read_index)
+            }
             Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward)))) => {
                 Err(MetaError::NotLeader {
                     leader: forward.leader_id,
@@ -555,9 +581,12 @@ impl MetaGroup {
     /// (the follower waits for its own).
     pub async fn read_index_for_follower(&self) -> Result<u64, MetaError> {
         use openraft::error::CheckIsLeaderError;
+        let last_log_index = self.last_log_index();
         match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
             Err(_) => Err(MetaError::Timeout),
-            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|log_id| log_id.index).unwrap_or(0)),
+            Ok(Ok((read_log_id, _applied))) => {
+                Ok(read_log_id.map(|log_id| log_id.index).unwrap_or(0).max(last_log_index))
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => Err(MetaError::NotLeader {
                 leader: forward.leader_id,
             }),
