@@ -24,10 +24,14 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use zongheng::net::transport::channel;
 use zongheng::server::status::ERROR_CODE_METADATA;
+use zongheng_proto::etcdserverpb::cluster_client::ClusterClient;
 use zongheng_proto::etcdserverpb::kv_client::KvClient;
 use zongheng_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use zongheng_proto::etcdserverpb::{
-    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
+    compare, request_op, CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 
 use crate::cluster::CLIENT_PORT;
@@ -79,6 +83,7 @@ impl std::error::Error for RequestError {}
 struct NodeClients {
     kv: KvClient<Channel>,
     maintenance: MaintenanceClient<Channel>,
+    cluster: ClusterClient<Channel>,
 }
 
 /// An etcd v3 client for the simulated nodes. Create it inside a turmoil
@@ -98,10 +103,11 @@ impl SimClient {
         let nodes = names
             .iter()
             .map(|name| {
-                let channel = channel(Arc::new(SimTransport), &format!("{name}:{CLIENT_PORT}"));
+                let channel = channel(Arc::new(SimTransport::default()), &format!("{name}:{CLIENT_PORT}"));
                 let clients = NodeClients {
                     kv: KvClient::new(channel.clone()),
-                    maintenance: MaintenanceClient::new(channel),
+                    maintenance: MaintenanceClient::new(channel.clone()),
+                    cluster: ClusterClient::new(channel),
                 };
                 (name.clone(), clients)
             })
@@ -205,6 +211,137 @@ impl SimClient {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Read `key` on node `node`: linearizable (read-index) or serializable.
+    pub async fn get_on(&self, node: &str, key: &[u8], linearizable: bool) -> Result<RangeResponse, RequestError> {
+        let request = RangeRequest {
+            key: key.to_vec(),
+            serializable: !linearizable,
+            ..Default::default()
+        };
+        self.range_on(node, request).await
+    }
+
+    /// Read `key` as of `revision` on node `node` (linearizable).
+    pub async fn get_at_on(&self, node: &str, key: &[u8], revision: i64) -> Result<RangeResponse, RequestError> {
+        let request = RangeRequest {
+            key: key.to_vec(),
+            revision,
+            ..Default::default()
+        };
+        self.range_on(node, request).await
+    }
+
+    /// Put `key` = `value` through node `node`, once (bytes).
+    pub async fn put_bytes_on(&self, node: &str, key: &[u8], value: &[u8]) -> Result<PutResponse, RequestError> {
+        let mut kv = self.node(node).kv;
+        let request = PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        };
+        self.call(kv.put(request)).await
+    }
+
+    /// Delete `key` through node `node`, once.
+    pub async fn delete_on(&self, node: &str, key: &[u8]) -> Result<DeleteRangeResponse, RequestError> {
+        let mut kv = self.node(node).kv;
+        let request = DeleteRangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        };
+        self.call(kv.delete_range(request)).await
+    }
+
+    /// Compare-and-set through node `node`, once: if `key`'s value is
+    /// `expected` (`None`: the key does not exist) put `new_value`; otherwise
+    /// read the key (the failure branch), so the caller learns its value.
+    pub async fn compare_and_set_on(
+        &self,
+        node: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new_value: &[u8],
+    ) -> Result<TxnResponse, RequestError> {
+        let mut kv = self.node(node).kv;
+        let compare = match expected {
+            Some(value) => Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Value as i32,
+                key: key.to_vec(),
+                range_end: vec![],
+                target_union: Some(compare::TargetUnion::Value(value.to_vec())),
+            },
+            None => Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Create as i32,
+                key: key.to_vec(),
+                range_end: vec![],
+                target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            },
+        };
+        let request = TxnRequest {
+            compare: vec![compare],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: key.to_vec(),
+                    value: new_value.to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        self.call(kv.txn(request)).await
+    }
+
+    /// Compact the key history up to `revision` through node `node`, once.
+    pub async fn compact_on(&self, node: &str, revision: i64) -> Result<CompactionResponse, RequestError> {
+        let mut kv = self.node(node).kv;
+        let request = CompactionRequest {
+            revision,
+            physical: true,
+        };
+        self.call(kv.compact(request)).await
+    }
+
+    /// `member add` through node `node`, once.
+    pub async fn member_add_on(
+        &self,
+        node: &str,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<MemberAddResponse, RequestError> {
+        let mut cluster = self.node(node).cluster;
+        let request = MemberAddRequest {
+            peer_ur_ls: peer_urls,
+            is_learner,
+        };
+        self.call(cluster.member_add(request)).await
+    }
+
+    /// `member remove` through node `node`, once.
+    pub async fn member_remove_on(&self, node: &str, id: u64) -> Result<MemberRemoveResponse, RequestError> {
+        let mut cluster = self.node(node).cluster;
+        self.call(cluster.member_remove(MemberRemoveRequest { id })).await
+    }
+
+    /// `member promote` through node `node`, once.
+    pub async fn member_promote_on(&self, node: &str, id: u64) -> Result<MemberPromoteResponse, RequestError> {
+        let mut cluster = self.node(node).cluster;
+        self.call(cluster.member_promote(MemberPromoteRequest { id })).await
+    }
+
+    /// `member list` on node `node` (linearizable).
+    pub async fn member_list_on(&self, node: &str) -> Result<MemberListResponse, RequestError> {
+        let mut cluster = self.node(node).cluster;
+        self.call(cluster.member_list(MemberListRequest { linearizable: true }))
+            .await
     }
 
     /// Node `node`'s Maintenance status (its view of the leader and term).
@@ -349,8 +486,10 @@ fn classify(status: &tonic::Status) -> RequestError {
         reason: format!("{:?}: {}", status.code(), status.message()),
     };
     match zongheng_code {
-        // The node proposed the request (or may have) and gave up waiting.
-        Some("ZH_TIMEOUT" | "ZH_STOPPED") => unknown,
+        // The node proposed the request (or may have) and gave up waiting, or
+        // failed in a way that does not say whether it had proposed it (an
+        // internal error can wrap a broken forward to the leader).
+        Some("ZH_TIMEOUT" | "ZH_STOPPED" | "ZH_INTERNAL") => unknown,
         // Every other coded error is returned before anything is proposed.
         Some(_) => refused,
         None if is_connect_failure(status) => RequestError::Refused {

@@ -6,8 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// One observation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceEvent {
     /// Simulated time since the simulation started.
     pub at: Duration,
@@ -30,8 +32,14 @@ impl Trace {
     /// Record `event` at the current simulated time (zero outside a
     /// simulation).
     pub fn record(&self, event: impl Into<String>) {
+        self.record_at(turmoil::sim_elapsed().unwrap_or_default(), event);
+    }
+
+    /// Record `event` at simulated time `at` (for events recorded from
+    /// outside the simulation, between steps: use `Sim::elapsed`).
+    pub fn record_at(&self, at: Duration, event: impl Into<String>) {
         let event = TraceEvent {
-            at: turmoil::sim_elapsed().unwrap_or_default(),
+            at,
             event: event.into(),
         };
         tracing::info!(at_ms = event.at.as_millis() as u64, "{}", event.event);
