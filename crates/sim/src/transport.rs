@@ -20,11 +20,11 @@
 //!   at once too, as with real TCP.
 //! - Connecting to a crashed host never completes by itself: turmoil
 //!   delivers nothing to a host that is down, so the SYN waits on the link
-//!   until the host restarts. Real TCP gives up after its SYN retries (about
-//!   two minutes on Linux). [`SimTransport`] gives up after
-//!   [`CONNECT_TIMEOUT`] with `TimedOut`, which models a client with a
-//!   connect timeout; without it, a gRPC channel whose connect attempt
-//!   never ends queues every later request behind it.
+//!   until the host restarts. [`SimTransport`] gives up after
+//!   [`CONNECT_TIMEOUT`] with `TimedOut`, as Linux does with its default
+//!   SYN retries (`tcp_syn_retries` = 6: 1 + 2 + 4 + ... + 64 s). Code that
+//!   dials a dead host without a deadline of its own waits that long, as it
+//!   would in production.
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,8 +37,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use zongheng::net::transport::{BoxFuture, BoxedConnection, Listener, Transport};
 
-/// How long a dial waits for the other host to answer (see the module doc).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a dial waits for a host that does not answer: Linux's default
+/// SYN retries (see the module doc).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(127);
 
 /// Dials and listens on turmoil's simulated network. Must be used from inside
 /// a turmoil host or client (turmoil panics otherwise).
