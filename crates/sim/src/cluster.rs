@@ -74,6 +74,9 @@ pub struct SimOptions {
     pub tick: Duration,
     pub min_message_latency: Duration,
     pub max_message_latency: Duration,
+    /// Audit every disk write (see [`crate::disk`]); off only to show that
+    /// the end-to-end checks catch what the audit would have caught first.
+    pub audit_disk: bool,
 }
 
 impl SimOptions {
@@ -95,6 +98,7 @@ impl SimOptions {
             tick: Duration::from_millis(1),
             min_message_latency: Duration::from_millis(1),
             max_message_latency: Duration::from_millis(10),
+            audit_disk: true,
         }
     }
 }
@@ -563,8 +567,9 @@ impl SimCluster {
             let slots = self.slots.clone();
             let raft_trace = self.raft_trace.clone();
             let monitor = self.monitor.clone();
+            let audit = self.options.audit_disk;
             sim.host(name.as_str(), move || {
-                host_software(host.clone(), slots.clone(), raft_trace.clone(), monitor.clone())
+                host_software(host.clone(), slots.clone(), raft_trace.clone(), monitor.clone(), audit)
             });
         }
         sim
@@ -707,7 +712,13 @@ impl SimCluster {
 /// What host `name` runs each time turmoil starts it: the node its slot
 /// says (or nothing, for an idle spare), watched by the invariant monitor,
 /// until the node is removed from the cluster.
-async fn host_software(name: String, slots: Slots, raft_trace: Trace, monitor: Monitor) -> turmoil::Result {
+async fn host_software(
+    name: String,
+    slots: Slots,
+    raft_trace: Trace,
+    monitor: Monitor,
+    audit: bool,
+) -> turmoil::Result {
     let (config, engine, incarnation) = {
         let mut slots = lock(&slots);
         let slot = slots.get_mut(&name).expect("every host has a slot");
@@ -723,7 +734,11 @@ async fn host_software(name: String, slots: Slots, raft_trace: Trace, monitor: M
         "{name} starting ({incarnation}, {:?})",
         config.initial_cluster_state
     ));
-    let disk = AuditedEngine::new(engine.clone(), &name, monitor.clone());
+    let disk: Arc<dyn Engine> = if audit {
+        AuditedEngine::new(engine.clone(), &name, monitor.clone())
+    } else {
+        Arc::new(engine.clone())
+    };
     let transport = SimTransport::default();
     lock(&slots).get_mut(&name).expect("every host has a slot").transport = Some(transport.clone());
     let node = match zongheng::node::start(config, Arc::new(transport), disk).await {

@@ -14,6 +14,7 @@
 //! turn it into lost data. Buffered writes that may be lost harmlessly (the
 //! committed index, a purge of entries a snapshot covers) pass.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use zongheng_storage::{Durability, Engine, Key, KeyValue, MemEngine, Op, StorageError, WriteBatch};
@@ -25,6 +26,8 @@ pub struct AuditedEngine {
     inner: MemEngine,
     host: String,
     monitor: Monitor,
+    /// Set once a violation was reported: one per disk is enough to read.
+    reported: AtomicBool,
 }
 
 impl AuditedEngine {
@@ -33,6 +36,7 @@ impl AuditedEngine {
             inner,
             host: host.to_string(),
             monitor,
+            reported: AtomicBool::new(false),
         })
     }
 
@@ -82,8 +86,10 @@ impl Engine for AuditedEngine {
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError> {
         if durability == Durability::Buffered {
             if let Some(problem) = Self::must_be_synced(&batch) {
-                self.monitor
-                    .violation(Invariant::UnsyncedRaftWrite, format!("{}: {problem}", self.host));
+                if !self.reported.swap(true, Ordering::SeqCst) {
+                    self.monitor
+                        .violation(Invariant::UnsyncedRaftWrite, format!("{}: {problem}", self.host));
+                }
             }
         }
         self.inner.write(batch, durability)

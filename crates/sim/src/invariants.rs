@@ -104,6 +104,8 @@ struct CommittedEntry {
 struct MonitorState {
     /// The leader of each term: (node id, host).
     leaders: BTreeMap<u64, (u64, String)>,
+    /// Indexes already reported with a differing entry (each reported once).
+    changed_entries: BTreeSet<u64>,
     /// Terms that had a second leader (each reported once).
     second_leaders: BTreeSet<u64>,
     /// Whether a second leader in a term is a violation (see
@@ -255,13 +257,14 @@ impl Monitor {
                             },
                         );
                     }
-                    Some(first) if first.hash != hash => {
+                    Some(first) if first.hash != hash && !state.changed_entries.contains(&index) => {
                         let detail = format!(
                             "entry {index}: {host} applied {}, {} applied {}",
                             describe_entry(bytes),
                             first.seen_on,
                             describe_entry(&first.bytes)
                         );
+                        state.changed_entries.insert(index);
                         drop(state);
                         self.violation(Invariant::CommittedEntryChanged, detail);
                         state = self.lock();
@@ -277,10 +280,21 @@ impl Monitor {
     }
 }
 
-/// An encoded log entry, decoded for a message.
+/// An encoded log entry, decoded for a message (with its command).
 fn describe_entry(bytes: &[u8]) -> String {
     match zongheng::raft::codec::decode::<openraft::Entry<zongheng::meta::MetaRaftConfig>>(bytes) {
-        Ok(entry) => format!("{entry}"),
+        Ok(entry) => {
+            let payload = match &entry.payload {
+                openraft::EntryPayload::Normal(command) => format!("{command:?}"),
+                openraft::EntryPayload::Blank => "blank".to_string(),
+                openraft::EntryPayload::Membership(membership) => format!("membership {membership}"),
+            };
+            let mut payload: String = payload.chars().take(200).collect();
+            if payload.len() == 200 {
+                payload.push('…');
+            }
+            format!("{} {payload}", entry.log_id)
+        }
         Err(error) => format!("an undecodable entry ({error})"),
     }
 }

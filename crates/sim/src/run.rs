@@ -74,6 +74,8 @@ pub struct RunOptions {
     /// [`Monitor::tolerate_shared_terms`]: openraft's default leader ids
     /// allow it).
     pub tolerate_shared_terms: bool,
+    /// Audit every disk write for unsynced Raft writes (see `crate::disk`).
+    pub audit_disk: bool,
 }
 
 impl RunOptions {
@@ -93,6 +95,7 @@ impl RunOptions {
             snapshot_count: 500,
             snapshot_catchup_entries: 100,
             tolerate_shared_terms: false,
+            audit_disk: true,
         }
     }
 
@@ -105,6 +108,7 @@ impl RunOptions {
         let mut options = SimOptions::new(self.seed);
         options.node_count = self.nodes;
         options.spare_count = self.spares;
+        options.audit_disk = self.audit_disk;
         options.raft = RaftSettings {
             heartbeat_ms: self.heartbeat_ms,
             election_timeout_ms: self.election_timeout_ms,

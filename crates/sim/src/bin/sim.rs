@@ -6,8 +6,8 @@
 //! cargo run -p zongheng-sim --release --bin sim -- --seed 4711 --minutes 10 --verbose
 //! ```
 //!
-//! A campaign runs seeds `first..first+seeds` one after the other (each run
-//! is single-threaded; `--jobs` runs several at once on separate threads),
+//! A campaign runs seeds `first..first+seeds`, each in a child process (see
+//! `--in-process`), one after the other (`--jobs` runs several at once),
 //! prints a progress line every `--progress-every` seeds and, for each failing
 //! seed, the command that replays it, what failed, and where its report (the
 //! options, the nemesis schedule, every violation, the history as JSON and
@@ -77,6 +77,17 @@ struct Args {
     /// With --seed: also save the report when the seed passes.
     #[arg(long)]
     save: bool,
+    /// Run a campaign's seeds in this process instead of one child process
+    /// per seed. A panic in a simulated node's task makes tokio (built with
+    /// `tokio_unstable`, as turmoil asks) shut the host's runtime down in a
+    /// way that panics again and aborts the process; a child per seed turns
+    /// that into one failing seed.
+    #[arg(long)]
+    in_process: bool,
+    /// With --seed: print the outcome as one `OUTCOME {json}` line (what a
+    /// campaign reads from its child processes).
+    #[arg(long, hide = true)]
+    outcome_line: bool,
 }
 
 impl Args {
@@ -105,33 +116,82 @@ impl Args {
         options
     }
 
-    fn replay_command(&self, seed: u64) -> String {
-        let mut command = format!(
-            "cargo run -p zongheng-sim --release --bin sim -- --seed {seed} --minutes {}",
-            self.minutes
-        );
+    /// The options of a run as command-line arguments (without the seed).
+    fn run_arguments(&self) -> Vec<String> {
+        let mut arguments = vec!["--minutes".to_string(), self.minutes.to_string()];
         if self.clients != 4 {
-            command.push_str(&format!(" --clients {}", self.clients));
+            arguments.extend(["--clients".into(), self.clients.to_string()]);
         }
         if self.keys != 5 {
-            command.push_str(&format!(" --keys {}", self.keys));
+            arguments.extend(["--keys".into(), self.keys.to_string()]);
         }
         if self.think_ms != 40 {
-            command.push_str(&format!(" --think-ms {}", self.think_ms));
+            arguments.extend(["--think-ms".into(), self.think_ms.to_string()]);
         }
         if self.nodes != 3 {
-            command.push_str(&format!(" --nodes {}", self.nodes));
+            arguments.extend(["--nodes".into(), self.nodes.to_string()]);
         }
         if self.tolerate_shared_terms {
-            command.push_str(" --tolerate-shared-terms");
+            arguments.push("--tolerate-shared-terms".into());
         }
         if self.faults != "all" {
-            command.push_str(&format!(" --faults {}", self.faults));
+            arguments.extend(["--faults".into(), self.faults.clone()]);
         }
         if let Some(gap) = self.gap_max_ms {
-            command.push_str(&format!(" --gap-max-ms {gap}"));
+            arguments.extend(["--gap-max-ms".into(), gap.to_string()]);
         }
-        command
+        arguments
+    }
+
+    fn replay_command(&self, seed: u64) -> String {
+        format!(
+            "cargo run -p zongheng-sim --release --bin sim -- --seed {seed} {}",
+            self.run_arguments().join(" ")
+        )
+    }
+}
+
+/// What a campaign keeps of one seed's run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Outcome {
+    seed: u64,
+    passed: bool,
+    operations: u64,
+    unknown: u64,
+    simulated_ms: u64,
+    entries_checked: u64,
+    shared_terms: u64,
+    /// The invariants the run broke, each once.
+    broken: Vec<String>,
+    /// One line per violation.
+    failures: Vec<String>,
+    report: Option<String>,
+}
+
+impl Outcome {
+    fn of(report: &RunReport, saved: Option<String>) -> Self {
+        let mut broken: Vec<String> = report
+            .violations
+            .iter()
+            .map(|violation| violation.invariant.to_string())
+            .collect();
+        if report.linearizability.is_failure() {
+            broken.push(zongheng_sim::Invariant::NotLinearizable.to_string());
+        }
+        broken.sort();
+        broken.dedup();
+        Self {
+            seed: report.options.seed,
+            passed: report.passed(),
+            operations: report.history.operations.len() as u64,
+            unknown: report.stats.unknown,
+            simulated_ms: report.simulated_ms,
+            entries_checked: report.entries_checked,
+            shared_terms: report.shared_terms as u64,
+            broken,
+            failures: report.failures(),
+            report: saved,
+        }
     }
 }
 
@@ -158,39 +218,94 @@ fn init_logging() {
     }
 }
 
-fn report_failure(args: &Args, report: &RunReport) {
-    let seed = report.options.seed;
-    println!("FAILED seed {seed}");
-    println!("  replay: {}", args.replay_command(seed));
-    for line in report.failures() {
+/// Run `seed` here; save its report if it failed (or `save`).
+fn run_here(args: &Args, seed: u64, save: bool) -> (RunReport, Outcome) {
+    let report = run(&args.options(seed));
+    let saved = (save || !report.passed()).then(|| match report.save(&args.failures_dir) {
+        Ok(path) => path.display().to_string(),
+        Err(error) => format!("(not saved: {error})"),
+    });
+    let outcome = Outcome::of(&report, saved);
+    (report, outcome)
+}
+
+/// Run `seed` in a child process (see `--in-process`).
+fn run_child(args: &Args, seed: u64) -> Outcome {
+    let executable = std::env::current_exe().expect("the running executable has a path");
+    let mut command = std::process::Command::new(executable);
+    command
+        .args(["--seed", &seed.to_string(), "--outcome-line", "--failures-dir"])
+        .arg(&args.failures_dir)
+        .args(args.run_arguments());
+    let output = command.output().expect("a child process starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if let Some(line) = stdout.lines().rev().find_map(|line| line.strip_prefix("OUTCOME ")) {
+        if let Ok(outcome) = serde_json::from_str::<Outcome>(line) {
+            return outcome;
+        }
+    }
+    // The child died without reporting: keep what it said.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let _ = std::fs::create_dir_all(&args.failures_dir);
+    let log = args.failures_dir.join(format!("seed-{seed}.log"));
+    let _ = std::fs::write(&log, format!("{stdout}\n--- stderr ---\n{stderr}"));
+    let panics: Vec<String> = stderr
+        .lines()
+        .filter(|line| line.contains("panicked at"))
+        .zip(stderr.lines().skip(1))
+        .map(|(at, message)| format!("{at} {message}"))
+        .take(3)
+        .collect();
+    Outcome {
+        seed,
+        passed: false,
+        operations: 0,
+        unknown: 0,
+        simulated_ms: 0,
+        entries_checked: 0,
+        shared_terms: 0,
+        broken: vec![zongheng_sim::Invariant::HostFailed.to_string()],
+        failures: std::iter::once(format!("the run's process died ({})", output.status))
+            .chain(panics)
+            .collect(),
+        report: Some(log.display().to_string()),
+    }
+}
+
+fn print_failure(args: &Args, outcome: &Outcome) {
+    println!("FAILED seed {}", outcome.seed);
+    println!("  replay: {}", args.replay_command(outcome.seed));
+    for line in &outcome.failures {
         println!("  {line}");
     }
-    match report.save(&args.failures_dir) {
-        Ok(path) => println!("  report: {}", path.display()),
-        Err(error) => println!("  could not save the report: {error}"),
+    if let Some(report) = &outcome.report {
+        println!("  report: {report}");
     }
 }
 
 fn replay(args: &Args, seed: u64) -> bool {
-    let report = run(&args.options(seed));
+    let (report, outcome) = run_here(args, seed, args.save);
+    if args.outcome_line {
+        println!(
+            "OUTCOME {}",
+            serde_json::to_string(&outcome).expect("an outcome serializes")
+        );
+        return outcome.passed;
+    }
     if args.verbose {
         for event in &report.trace {
             println!("{event}");
         }
     }
     println!("{}", report.summary());
-    if report.passed() {
-        if args.save {
-            match report.save(&args.failures_dir) {
-                Ok(path) => println!("report: {}", path.display()),
-                Err(error) => println!("could not save the report: {error}"),
-            }
+    if outcome.passed {
+        if let Some(path) = &outcome.report {
+            println!("report: {path}");
         }
-        true
     } else {
-        report_failure(args, &report);
-        false
+        print_failure(args, &outcome);
     }
+    outcome.passed
 }
 
 #[derive(Default)]
@@ -209,8 +324,6 @@ struct Totals {
 fn main() {
     init_logging();
     let args = Args::parse();
-    // A panic inside a run is reported as that run's failure; keep its
-    // message short (no backtrace) and on stderr.
     if let Some(seed) = args.seed {
         std::process::exit(if replay(&args, seed) { 0 } else { 1 });
     }
@@ -237,27 +350,24 @@ fn main() {
                 if seed >= end {
                     return;
                 }
-                let report = run(&args.options(seed));
+                let outcome = if args.in_process {
+                    run_here(&args, seed, false).1
+                } else {
+                    run_child(&args, seed)
+                };
                 let mut totals = totals.lock().expect("totals lock poisoned");
                 totals.seeds += 1;
-                totals.operations += report.history.operations.len() as u64;
-                totals.unknown += report.stats.unknown;
-                totals.simulated_ms += report.simulated_ms;
-                totals.entries_checked += report.entries_checked;
-                totals.shared_terms += report.shared_terms as u64;
-                if !report.passed() {
+                totals.operations += outcome.operations;
+                totals.unknown += outcome.unknown;
+                totals.simulated_ms += outcome.simulated_ms;
+                totals.entries_checked += outcome.entries_checked;
+                totals.shared_terms += outcome.shared_terms;
+                if !outcome.passed {
                     totals.failed.push(seed);
-                    let mut broken: Vec<String> =
-                        report.violations.iter().map(|violation| violation.invariant.to_string()).collect();
-                    if report.linearizability.is_failure() {
-                        broken.push("linearizable history".into());
+                    for invariant in &outcome.broken {
+                        *totals.by_invariant.entry(invariant.clone()).or_default() += 1;
                     }
-                    broken.sort();
-                    broken.dedup();
-                    for invariant in broken {
-                        *totals.by_invariant.entry(invariant).or_default() += 1;
-                    }
-                    report_failure(&args, &report);
+                    print_failure(&args, &outcome);
                 }
                 if totals.seeds % args.progress_every.max(1) == 0 {
                     println!(
