@@ -108,9 +108,6 @@ struct MonitorState {
     changed_entries: BTreeSet<u64>,
     /// Terms that had a second leader (each reported once).
     second_leaders: BTreeSet<u64>,
-    /// Whether a second leader in a term is a violation (see
-    /// [`Monitor::tolerate_shared_terms`]).
-    shared_terms_tolerated: bool,
     /// Every committed entry seen so far, by index.
     committed: BTreeMap<u64, CommittedEntry>,
     /// How many (node, entry) pairs were compared.
@@ -167,16 +164,6 @@ impl Monitor {
         self.lock().second_leaders.len()
     }
 
-    /// Count a second leader in a term instead of reporting it as a
-    /// violation. openraft 0.9 without its `single-term-leader` feature (the
-    /// workspace's build) identifies a leader by (term, node id), so two
-    /// candidates of one term can both win, one after the other (a voter
-    /// moves its vote to the candidate with the greater id): safe for the
-    /// log, but not Raft's (and etcd's) one leader per term.
-    pub fn tolerate_shared_terms(&self) {
-        self.lock().shared_terms_tolerated = true;
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, MonitorState> {
         self.state.lock().expect("monitor lock poisoned")
     }
@@ -198,7 +185,7 @@ impl Monitor {
                 .entry(term)
                 .or_insert_with(|| (metrics.id, host.to_string()))
                 .clone();
-            if first.0 != metrics.id && state.second_leaders.insert(term) && !state.shared_terms_tolerated {
+            if first.0 != metrics.id && state.second_leaders.insert(term) {
                 let detail = format!(
                     "{host} ({:x}) leads term {term}, which {} ({:x}) led",
                     metrics.id, first.1, first.0

@@ -70,10 +70,6 @@ pub struct RunOptions {
     pub snapshot_count: u64,
     /// Entries kept behind a snapshot.
     pub snapshot_catchup_entries: u64,
-    /// Count, rather than fail on, a term with two leaders (see
-    /// [`Monitor::tolerate_shared_terms`]: openraft's default leader ids
-    /// allow it).
-    pub tolerate_shared_terms: bool,
     /// Audit every disk write for unsynced Raft writes (see `crate::disk`).
     pub audit_disk: bool,
 }
@@ -94,7 +90,6 @@ impl RunOptions {
             election_timeout_ms: 300,
             snapshot_count: 500,
             snapshot_catchup_entries: 100,
-            tolerate_shared_terms: false,
             audit_disk: true,
         }
     }
@@ -206,9 +201,6 @@ pub fn run(options: &RunOptions) -> RunReport {
     let recorder = Recorder::default();
     let trace = Trace::default();
     let monitor = cluster.monitor().clone();
-    if options.tolerate_shared_terms {
-        monitor.tolerate_shared_terms();
-    }
 
     let mut sim = cluster.build_sim();
     for (index, host) in client_hosts.iter().enumerate() {

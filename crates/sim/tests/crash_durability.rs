@@ -108,9 +108,6 @@ fn a_crash_loses_exactly_the_writes_made_since_the_last_sync() {
 #[test]
 fn acknowledged_writes_survive_a_crash_of_every_node() {
     let cluster = SimCluster::new(SimOptions::new(11));
-    // Two leaders in term 1 at bootstrap are an open bug of their own (see
-    // tests/regressions.rs); this test is about durability.
-    cluster.monitor().tolerate_shared_terms();
     let mut sim = cluster.build_sim();
     let nemesis = cluster.nemesis();
     let names = cluster.names().to_vec();

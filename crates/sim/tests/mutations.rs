@@ -23,7 +23,6 @@ fn first_seed_breaking(
 ) -> Option<RunReport> {
     (1..=max_seeds).find_map(|seed| {
         let mut options = RunOptions::new(seed, 60);
-        options.tolerate_shared_terms = true;
         adjust(&mut options);
         let report = run(&options);
         println!("{}", report.summary());

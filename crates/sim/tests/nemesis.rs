@@ -19,13 +19,10 @@ const REPLAY_SEED: u64 = 7;
 
 /// The tier's runs: every fault kind, 4 clients pausing up to 100 ms between
 /// operations (fewer operations than a campaign's 40 ms, to fit `cargo
-/// test`'s debug build in its time budget), and terms with two leaders
-/// counted rather than failed: openraft's default leader ids allow them (an
-/// open bug, see `seed_17_one_leader_per_term` in `tests/regressions.rs`).
+/// test`'s debug build in its time budget).
 fn options(seed: u64) -> RunOptions {
     let mut options = RunOptions::new(seed, FAULT_SECONDS);
     options.workload.think_time_max = Duration::from_millis(100);
-    options.tolerate_shared_terms = true;
     options
 }
 

@@ -29,7 +29,6 @@ fn assert_passes(options: &RunOptions) {
 #[test]
 fn seed_43_stalled_peer_connections_are_replaced() {
     let mut options = RunOptions::new(43, 60);
-    options.tolerate_shared_terms = true;
     assert_passes(&options);
 }
 
@@ -46,7 +45,6 @@ fn a_joining_node_skips_a_member_that_is_down() {
     let mut options = SimOptions::new(29);
     options.spare_count = 1;
     let cluster = SimCluster::new(options);
-    cluster.monitor().tolerate_shared_terms();
     let mut sim = cluster.build_sim();
     let nemesis = cluster.nemesis();
     let names = cluster.names().to_vec();
@@ -96,15 +94,14 @@ fn a_joining_node_skips_a_member_that_is_down() {
 /// leaders in term 1. Every node calls openraft's `initialize` at bootstrap
 /// and campaigns at once; openraft 0.9 built without its
 /// `single-term-leader` feature identifies a leader by (term, node id), so a
-/// voter that granted its term-1 vote to `n3` grants it again to `n1`
-/// (whose id is greater), and both become leader of term 1, one after the
-/// other. The log stays safe (entries carry the full leader id), but Raft's
-/// and etcd's "one leader per term" does not hold, and clients see two
-/// leaders reporting the same `raft_term`. Open: enable `single-term-leader`
-/// for openraft in the workspace's Cargo.toml (a change of the on-disk vote
-/// and log id format).
+/// voter that granted its term-1 vote to `n3` granted it again to `n1`
+/// (whose id is greater), and both became leader of term 1, one after the
+/// other. The log stayed safe (entries carry the full leader id), but Raft's
+/// and etcd's "one leader per term" did not hold, and clients saw two
+/// leaders reporting the same `raft_term`. Fixed by building openraft with
+/// `single-term-leader` (the workspace's Cargo.toml): a vote is then
+/// (term, voted for) and a granted vote is never granted to another node.
 #[test]
-#[ignore = "open bug: openraft is built without single-term-leader (two leaders in term 1)"]
 fn seed_17_one_leader_per_term() {
     let report = run(&RunOptions::new(17, 60));
     println!("{}", report.summary());

@@ -67,10 +67,6 @@ struct Args {
     /// Longest quiet gap between two faults of a lane, in milliseconds.
     #[arg(long)]
     gap_max_ms: Option<u64>,
-    /// Count terms with two leaders instead of failing the seed (openraft's
-    /// default leader ids allow them; see `Monitor::tolerate_shared_terms`).
-    #[arg(long)]
-    tolerate_shared_terms: bool,
     /// With --seed: print the nemesis and checker trace.
     #[arg(long)]
     verbose: bool,
@@ -98,7 +94,6 @@ impl Args {
         options.workload.keys = self.keys;
         options.workload.think_time_max = Duration::from_millis(self.think_ms);
         options.nodes = self.nodes;
-        options.tolerate_shared_terms = self.tolerate_shared_terms;
         if self.faults != "all" {
             let kinds: Vec<&str> = self.faults.split(',').map(str::trim).collect();
             let nemesis = &mut options.nemesis;
@@ -130,9 +125,6 @@ impl Args {
         }
         if self.nodes != 3 {
             arguments.extend(["--nodes".into(), self.nodes.to_string()]);
-        }
-        if self.tolerate_shared_terms {
-            arguments.push("--tolerate-shared-terms".into());
         }
         if self.faults != "all" {
             arguments.extend(["--faults".into(), self.faults.clone()]);
