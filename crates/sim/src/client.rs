@@ -473,7 +473,7 @@ pub fn prefix_range(prefix: &str, serializable: bool) -> RangeRequest {
 }
 
 /// Sort a failed call into refused (certainly not applied) or unknown.
-fn classify(status: &tonic::Status) -> RequestError {
+pub(crate) fn classify(status: &tonic::Status) -> RequestError {
     let zongheng_code = status
         .metadata()
         .get(ERROR_CODE_METADATA)

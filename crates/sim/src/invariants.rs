@@ -58,6 +58,18 @@ pub enum Invariant {
     NoRecovery,
     /// The linearizability checker rejected the history.
     NotLinearizable,
+    /// A lock was granted out of turn, tokens did not increase, or the
+    /// guarded register accepted a stale holder's write (`coordination`).
+    LockSafety,
+    /// A proclamation or an observation disagrees with the election's
+    /// owner in the history, or an observer went back in revision.
+    ElectionSafety,
+    /// A watcher's events differ from the history's for its range, or an
+    /// acknowledged write is missing from the history.
+    WatchCompleteness,
+    /// A lease's keys vanished while it was kept alive, or an abandoned
+    /// lease did not expire.
+    LeaseSafety,
 }
 
 impl std::fmt::Display for Invariant {
@@ -73,6 +85,10 @@ impl std::fmt::Display for Invariant {
             Invariant::HostFailed => "hosts do not fail",
             Invariant::NoRecovery => "the cluster recovers after healing",
             Invariant::NotLinearizable => "linearizable history",
+            Invariant::LockSafety => "lock safety",
+            Invariant::ElectionSafety => "election safety",
+            Invariant::WatchCompleteness => "watch completeness",
+            Invariant::LeaseSafety => "lease safety",
         };
         f.write_str(name)
     }

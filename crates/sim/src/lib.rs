@@ -70,6 +70,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod coordination;
 pub mod disk;
 pub mod invariants;
 pub mod linearizability;

@@ -34,6 +34,7 @@ use zongheng_check::history::{ClientId, KvHistory, KvInput, KvOutput, Outcome};
 
 use crate::client::SimClient;
 use crate::cluster::{Nemesis, SimCluster, SimOptions};
+use crate::coordination::{self, ClientContext, CoordinationOptions, CoordinationStats};
 use crate::invariants::{Invariant, Monitor, Violation};
 use crate::linearizability::{self, Linearizability};
 use crate::nemesis::{self, LaneContext, NemesisOptions, Schedule};
@@ -72,6 +73,10 @@ pub struct RunOptions {
     pub snapshot_catchup_entries: u64,
     /// Audit every disk write for unsynced Raft writes (see `crate::disk`).
     pub audit_disk: bool,
+    /// Run the coordination clients (locks, elections, watches, leases)
+    /// instead of the KV clients; see [`crate::coordination`].
+    #[serde(default)]
+    pub coordination: Option<CoordinationOptions>,
 }
 
 impl RunOptions {
@@ -91,6 +96,7 @@ impl RunOptions {
             snapshot_count: 500,
             snapshot_catchup_entries: 100,
             audit_disk: true,
+            coordination: None,
         }
     }
 
@@ -135,6 +141,9 @@ pub struct RunReport {
     pub simulated_ms: u64,
     pub wall_ms: u64,
     pub history: KvHistory,
+    /// What the coordination clients did, in a coordination run.
+    #[serde(default)]
+    pub coordination: Option<CoordinationStats>,
     /// The nemesis's and the checker's events.
     pub trace: Vec<TraceEvent>,
     /// Every node's Raft state changes.
@@ -158,8 +167,12 @@ impl RunReport {
 
     /// The run's outcome in one line.
     pub fn summary(&self) -> String {
+        let coordination = self
+            .coordination
+            .as_ref()
+            .map_or(String::new(), |stats| format!("; coordination: {stats}"));
         format!(
-            "seed {}: {} ({} ops: {} ok, {} failed, {} unknown; {} simulated s, {} ms wall; {}; {} entries checked; {} terms, {} with two leaders)",
+            "seed {}: {} ({} ops: {} ok, {} failed, {} unknown; {} simulated s, {} ms wall; {}; {} entries checked; {} terms, {} with two leaders{coordination})",
             self.options.seed,
             if self.passed() { "ok" } else { "FAILED" },
             self.history.operations.len(),
@@ -191,9 +204,12 @@ impl RunReport {
 pub fn run(options: &RunOptions) -> RunReport {
     let started = Instant::now();
     let mut cluster = SimCluster::new(options.sim_options());
-    let client_hosts: Vec<String> = (1..=options.workload.clients)
-        .map(|index| format!("c{index}"))
-        .collect();
+    let client_hosts: Vec<String> = match &options.coordination {
+        Some(coordination) => coordination::client_hosts(coordination),
+        None => (1..=options.workload.clients)
+            .map(|index| format!("c{index}"))
+            .collect(),
+    };
     let mut all_clients = client_hosts.clone();
     all_clients.push(NEMESIS_HOST.to_string());
     cluster.set_client_hosts(all_clients);
@@ -203,7 +219,31 @@ pub fn run(options: &RunOptions) -> RunReport {
     let monitor = cluster.monitor().clone();
 
     let mut sim = cluster.build_sim();
+    let coordination_shared = coordination::Shared::default();
+    let coordination_context = |host: &str| {
+        options.coordination.clone().map(|coordination| ClientContext {
+            host: host.to_string(),
+            seed: options.seed,
+            nodes: cluster.hosts().to_vec(),
+            options: coordination,
+            shared: coordination_shared.clone(),
+            monitor: monitor.clone(),
+            nemesis: cluster.nemesis(),
+            stop_at: options.clients_until(),
+        })
+    };
+    for host in &client_hosts {
+        if let Some(context) = coordination_context(host) {
+            sim.client(host.as_str(), async move {
+                coordination::run_client(context).await;
+                Ok(())
+            });
+        }
+    }
     for (index, host) in client_hosts.iter().enumerate() {
+        if options.coordination.is_some() {
+            break;
+        }
         let id = index as ClientId + 1;
         let workload = options.workload.clone();
         let hosts = cluster.hosts().to_vec();
@@ -227,6 +267,7 @@ pub fn run(options: &RunOptions) -> RunReport {
         let schedule = schedule.clone();
         let recorder = recorder.clone();
         let options = options.clone();
+        let checker = coordination_context(NEMESIS_HOST);
         sim.client(NEMESIS_HOST, async move {
             let network = nemesis::run_network_lane(context.clone(), schedule.network);
             let nodes = nemesis::run_node_lane(context.clone(), schedule.nodes);
@@ -240,6 +281,9 @@ pub fn run(options: &RunOptions) -> RunReport {
                 tokio::time::sleep(CONVERGENCE_POLL).await;
             }
             final_checks(&options, &context, &recorder).await;
+            if let Some(checker) = checker {
+                coordination::check::final_checks(&checker, &context.trace).await;
+            }
             Ok(())
         });
     }
@@ -280,6 +324,10 @@ pub fn run(options: &RunOptions) -> RunReport {
         simulated_ms,
         wall_ms: started.elapsed().as_millis() as u64,
         history,
+        coordination: options
+            .coordination
+            .as_ref()
+            .map(|_| coordination_shared.record().stats),
         trace: trace.events(),
         raft_trace: cluster.raft_trace().events(),
     };
