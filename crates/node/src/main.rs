@@ -42,6 +42,7 @@ fn main() {
             Command::Watch(args) => zongheng::cli::watch::run(args).await,
             Command::Lease(args) => zongheng::cli::lease::run(args).await,
             Command::Service(args) => zongheng::cli::service::run(args).await,
+            Command::Bench(args) => zongheng::cli::bench::run(*args).await,
         }
     });
     if let Err(error) = result {

@@ -6,7 +6,10 @@
 //! - `zongheng kv|member|status|watch|lease ...`: a client for people without
 //!   etcdctl, readable output by default and `--json` for scripts.
 //! - `zongheng service register|list|watch`: a service registry.
+//! - `zongheng bench put|range|txn-put|watch|lease|mixed`: a load generator
+//!   for the etcd v3 API (etcd or zongheng), see [`bench`].
 
+pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod kv;
@@ -47,4 +50,6 @@ pub enum Command {
     Lease(lease::LeaseArgs),
     /// A service registry: register instances, list them, follow them.
     Service(service::ServiceArgs),
+    /// Measure a cluster (etcd or zongheng) with etcd benchmark-style load.
+    Bench(Box<bench::BenchArgs>),
 }
