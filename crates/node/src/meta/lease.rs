@@ -9,9 +9,18 @@
 //! - A newly elected leader gives every lease a full TTL from the moment it
 //!   took over, so no lease expires early because of a failover (a client
 //!   that was keeping it alive gets a full TTL to find the new leader).
-//! - An expired lease is revoked through the log (a `LeaseRevoke` entry), so
-//!   its keys disappear on every replica at the same revision, with delete
-//!   events for watchers.
+//! - An expired lease is revoked through the log (a `LeaseRevoke` entry)
+//!   proposed by the leader that decided it, on itself only: the proposal is
+//!   never forwarded. A leader cut off from the others (or paused) keeps its
+//!   clock running without hearing any keep-alive and finds every lease due;
+//!   when it learns of the new leader, a forwarded revoke would delete a
+//!   lease the new leader is keeping alive. (The simulator's lease owners
+//!   found exactly that: `crates/sim/tests/coordination.rs`,
+//!   `deposed_leader_renews_or_revokes_leases`.) Its own proposal, in its old term,
+//!   cannot commit once another leader was elected, unless it wins a later
+//!   election with that entry still in its log: not handled yet.
+//! - Revoking through the log makes the lease's keys disappear on every
+//!   replica at the same revision, with delete events for watchers.
 //!
 //! [`LeaseClock`] is the I/O-free core: it is fed the time and the current
 //! lease set and answers which leases are due. The runner around it reads the
@@ -25,7 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::command::MetaCommand;
-use super::group::MetaGroup;
+use super::group::{LeaderCall, MetaGroup};
 
 /// Longest lease TTL accepted, in seconds (etcd's `MaxLeaseTTL`).
 pub const LEASE_TTL_SECONDS_MAX: i64 = 9_000_000_000;
@@ -35,6 +44,8 @@ pub const LEASES_MAX: usize = 100_000;
 pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Most revokes the leader proposes per check (the rest wait for the next).
 pub const LEASE_REVOKES_PER_CHECK_MAX: usize = 64;
+/// How long the leader waits for one expiry revoke to commit.
+pub const LEASE_REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The smallest TTL a lease gets, in seconds: shorter requests are raised to
 /// it (etcd's rule: 1.5 election timeouts, so a lease survives a failover).
@@ -79,9 +90,19 @@ impl LeaseClock {
     }
 
     /// A keep-alive: a full TTL from `now`. Returns the TTL, or `None` if the
-    /// lease is unknown (revoked, expired or never granted).
+    /// lease is unknown (revoked or never granted) or already expired.
+    ///
+    /// An expired lease is not brought back even though its revoke may not
+    /// be applied yet: the expiry task may already have proposed the revoke,
+    /// and a keep-alive answered "TTL t" now would promise keys that are
+    /// about to be deleted (etcd's lessor also refuses to renew an expired
+    /// lease and waits for its revoke). Seen while diagnosing seed 5 of
+    /// `crates/sim/tests/coordination.rs`; no seed is known to need it alone.
     pub fn keep_alive(&mut self, id: i64, ttl: i64, now: Instant) -> Option<i64> {
         let deadline = self.deadlines.get_mut(&id)?;
+        if *deadline <= now {
+            return None;
+        }
         *deadline = now + ttl_duration(ttl);
         Some(ttl)
     }
@@ -148,7 +169,13 @@ pub async fn run_expiry(group: Arc<MetaGroup>, clock: SharedLeaseClock, mut shut
             clock.expired(now, LEASE_REVOKES_PER_CHECK_MAX)
         };
         for id in due {
-            match group.write(MetaCommand::LeaseRevoke { id }).await {
+            // On this node only (see the module doc): `MetaGroup::write`
+            // would follow a leader change and revoke on the new leader.
+            let revoke = LeaderCall::Command(MetaCommand::LeaseRevoke { id });
+            match group
+                .execute_on_leader(revoke, Instant::now() + LEASE_REVOKE_TIMEOUT)
+                .await
+            {
                 Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
                 Err(error) => tracing::debug!(lease = id, %error, "revoking an expired lease failed; will retry"),
             }
@@ -178,6 +205,19 @@ mod tests {
         assert_eq!(clock.remaining_seconds(1, start + Duration::from_secs(8)), Some(1));
         assert_eq!(clock.expired(start + Duration::from_secs(10), 10), vec![1, 2]);
         assert_eq!(clock.keep_alive(3, 5, start), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_lease_is_not_renewed() {
+        let start = Instant::now();
+        let mut clock = LeaseClock::default();
+        clock.sync(1, start, &[(1, 5)]);
+        // The expiry task has seen the lease due (and may have proposed its
+        // revoke): a late keep-alive must not promise it five more seconds.
+        let late = start + Duration::from_secs(5);
+        assert_eq!(clock.expired(late, 10), vec![1]);
+        assert_eq!(clock.keep_alive(1, 5, late), None);
+        assert_eq!(clock.expired(late + Duration::from_millis(1), 10), vec![1]);
     }
 
     #[tokio::test(start_paused = true)]

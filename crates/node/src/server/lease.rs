@@ -55,14 +55,49 @@ fn unexpected(what: impl std::fmt::Debug) -> Status {
     )
 }
 
-/// Ask the leader for a lease's TTL (renewing it when `renew`).
+/// The (leader, term) this node believes in now.
+fn leadership_view(group: &MetaGroup) -> (Option<u64>, u64) {
+    let metrics = group.raft.metrics();
+    let metrics = metrics.borrow();
+    (metrics.current_leader, metrics.current_term)
+}
+
+/// Ask the leader for a lease's TTL (renewing it when `renew`), and answer
+/// only once that leader is confirmed to still lead.
+///
+/// Why the confirmation: a leader cut off from its peers does not know it
+/// was deposed (openraft has no check-quorum step-down), so it goes on
+/// renewing leases in its own clock and answering "TTL 3" to keep-alives,
+/// while the real leader, which hears none of them, expires the lease and
+/// deletes its keys. A client told "TTL t" at time s rightly expects its
+/// keys until s + t. The simulator's lease clients found this
+/// (`crates/sim/tests/coordination.rs`, `deposed_leader_renews_or_revokes_leases`).
+///
+/// So after the renewal this node makes a linearizable barrier (the
+/// leader confirms its leadership with a quorum, after it renewed) and
+/// checks that its view of (leader, term) did not change meanwhile: then the
+/// renewing leader still led after renewing, every later leader is elected
+/// after the renewal and starts every lease with a full TTL (see
+/// `meta::lease`), and the answer is true. Otherwise the call fails as
+/// `NoLeader` and the client tries again. What remains open: the node that
+/// renewed could lose and regain leadership between the renewal and the
+/// barrier without this node noticing; confirming on the leader itself, in
+/// the term of the renewal (`MetaGroup::execute_on_leader`), would close it.
 async fn lease_ttl(group: &MetaGroup, id: i64, renew: bool) -> Result<(Option<i64>, i64), MetaError> {
     let call = if renew {
         LeaderCall::LeaseKeepAlive { id }
     } else {
         LeaderCall::LeaseTimeToLive { id }
     };
-    match group.call_leader(call).await? {
+    let before = leadership_view(group);
+    let reply = group.call_leader(call).await?;
+    let after_call = leadership_view(group);
+    group.linearizable_barrier().await?;
+    let after_barrier = leadership_view(group);
+    if before.0.is_none() || before != after_call || before != after_barrier {
+        return Err(MetaError::NoLeader);
+    }
+    match reply {
         LeaderReply::LeaseTtl { ttl, granted_ttl } => Ok((ttl, granted_ttl)),
         other => Err(MetaError::Internal(format!("unexpected leader reply {other:?}"))),
     }
