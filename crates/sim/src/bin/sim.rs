@@ -4,7 +4,13 @@
 //! ```text
 //! cargo run -p zongheng-sim --release --bin sim -- --seeds 1000 --minutes 10
 //! cargo run -p zongheng-sim --release --bin sim -- --seed 4711 --minutes 10 --verbose
+//! cargo run -p zongheng-sim --release --bin sim -- --workload coordination --seeds 1000
 //! ```
+//!
+//! `--workload kv` (the default) runs the KV clients checked for
+//! linearizability; `--workload coordination` runs the lock, election, watch
+//! and lease clients of `zongheng_sim::coordination` instead (the KV client
+//! options do not apply to it).
 //!
 //! A campaign runs seeds `first..first+seeds`, each in a child process (see
 //! `--in-process`), one after the other (`--jobs` runs several at once),
@@ -24,6 +30,9 @@ use zongheng_sim::{run, RunOptions, RunReport};
 #[derive(Parser, Debug)]
 #[command(about = "Deterministic simulation campaigns for zongheng's meta store")]
 struct Args {
+    /// What the clients do: `kv` or `coordination`.
+    #[arg(long, default_value = "kv", value_parser = ["kv", "coordination"])]
+    workload: String,
     /// Replay this one seed (overrides --seeds and --first).
     #[arg(long)]
     seed: Option<u64>,
@@ -89,10 +98,15 @@ struct Args {
 impl Args {
     fn options(&self, seed: u64) -> RunOptions {
         let fault_seconds = (self.minutes * 60.0).round().max(1.0) as u64;
-        let mut options = RunOptions::new(seed, fault_seconds);
-        options.workload.clients = self.clients;
-        options.workload.keys = self.keys;
-        options.workload.think_time_max = Duration::from_millis(self.think_ms);
+        let mut options = if self.workload == "coordination" {
+            zongheng_sim::coordination::run_options(seed, fault_seconds)
+        } else {
+            let mut options = RunOptions::new(seed, fault_seconds);
+            options.workload.clients = self.clients;
+            options.workload.keys = self.keys;
+            options.workload.think_time_max = Duration::from_millis(self.think_ms);
+            options
+        };
         options.nodes = self.nodes;
         if self.faults != "all" {
             let kinds: Vec<&str> = self.faults.split(',').map(str::trim).collect();
@@ -114,6 +128,9 @@ impl Args {
     /// The options of a run as command-line arguments (without the seed).
     fn run_arguments(&self) -> Vec<String> {
         let mut arguments = vec!["--minutes".to_string(), self.minutes.to_string()];
+        if self.workload != "kv" {
+            arguments.extend(["--workload".into(), self.workload.clone()]);
+        }
         if self.clients != 4 {
             arguments.extend(["--clients".into(), self.clients.to_string()]);
         }
@@ -175,7 +192,8 @@ impl Outcome {
         Self {
             seed: report.options.seed,
             passed: report.passed(),
-            operations: report.history.operations.len() as u64,
+            operations: report.history.operations.len() as u64
+                + report.coordination.as_ref().map_or(0, |stats| stats.operations()),
             unknown: report.stats.unknown,
             simulated_ms: report.simulated_ms,
             entries_checked: report.entries_checked,
@@ -328,8 +346,8 @@ fn main() {
         .max_wall_seconds
         .map(|seconds| started + Duration::from_secs(seconds));
     println!(
-        "campaign: seeds {}..{}, {} simulated min of faults each, {} clients, {} nodes, {} job(s)",
-        args.first, end, args.minutes, args.clients, args.nodes, args.jobs
+        "campaign: {} workload, seeds {}..{}, {} simulated min of faults each, {} clients, {} nodes, {} job(s)",
+        args.workload, args.first, end, args.minutes, args.clients, args.nodes, args.jobs
     );
     let args = Arc::new(args);
     std::thread::scope(|scope| {

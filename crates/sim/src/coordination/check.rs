@@ -179,6 +179,8 @@ pub async fn final_checks(context: &ClientContext, trace: &Trace) {
     }
     shared.stats(|stats| stats.history_events = history.len() as u64);
     let record = shared.record();
+    let recorded = serde_json::to_vec(&(&record, &history)).expect("records serialize");
+    shared.stats(|stats| stats.record_digest = super::fnv1a(&recorded));
     findings.extend(check_acknowledged(&record, &history));
     findings.extend(check_lock(&record, &history));
     findings.extend(check_election(&record, &history));

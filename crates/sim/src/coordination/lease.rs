@@ -36,10 +36,21 @@ const KEEPALIVE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed attempt to open a keep-alive stream.
 const KEEPALIVE_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// A keep-alive answered with a live lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepAliveAnswer {
+    /// When the request was sent.
+    pub sent: Duration,
+    pub ttl_seconds: i64,
+    /// The node that answered, and the term its header named.
+    pub node: String,
+    pub term: u64,
+}
+
 #[derive(Debug, Default)]
 struct KeeperState {
-    /// (send time, TTL) of the last keep-alive answered with a live lease.
-    last_ok: Option<(Duration, i64)>,
+    /// The last keep-alive answered with a live lease.
+    last_ok: Option<KeepAliveAnswer>,
     /// The lease is gone (a keep-alive answered TTL <= 0).
     lost: bool,
 }
@@ -71,8 +82,8 @@ impl LeaseKeeper {
         Self { lease, state, stop }
     }
 
-    pub fn last_ok(&self) -> Option<(Duration, i64)> {
-        self.state.lock().expect("keeper state poisoned").last_ok
+    pub fn last_ok(&self) -> Option<KeepAliveAnswer> {
+        self.state.lock().expect("keeper state poisoned").last_ok.clone()
     }
 
     pub fn lost(&self) -> bool {
@@ -104,7 +115,7 @@ async fn keep_alive(
         if *stopped.borrow() {
             return;
         }
-        let (_, rpc) = endpoints.node(node);
+        let (name, rpc) = endpoints.node(node);
         let mut client = rpc.lease;
         let (requests, outbound) = futures::channel::mpsc::unbounded::<LeaseKeepAliveRequest>();
         let opened = tokio::select! {
@@ -133,7 +144,12 @@ async fn keep_alive(
             };
             match answer {
                 Ok(Ok(Some(response))) if response.ttl > 0 => {
-                    state.lock().expect("keeper state poisoned").last_ok = Some((sent, response.ttl));
+                    state.lock().expect("keeper state poisoned").last_ok = Some(KeepAliveAnswer {
+                        sent,
+                        ttl_seconds: response.ttl,
+                        node: name.clone(),
+                        term: response.header.map_or(0, |header| header.raft_term),
+                    });
                     shared.stats(|stats| stats.keepalives_ok += 1);
                 }
                 Ok(Ok(Some(_))) => {
@@ -288,16 +304,19 @@ async fn run_generation(
                 if response.kvs.len() < KEYS_PER_LEASE {
                     let completed = now();
                     match keeper.last_ok() {
-                        Some((sent, ttl)) if completed < sent + Duration::from_secs(ttl as u64) => {
+                        Some(answer) if completed < answer.sent + Duration::from_secs(answer.ttl_seconds as u64) => {
                             context.monitor.violation(
                                 Invariant::LeaseSafety,
                                 format!(
-                                    "{} read {} of the {KEYS_PER_LEASE} keys of lease {lease:x} via {name} at revision {} ({} ms), but a keep-alive sent at {} ms had answered TTL {ttl} s",
+                                    "{} read {} of the {KEYS_PER_LEASE} keys of lease {lease:x} via {name} at revision {} ({} ms), but a keep-alive sent at {} ms had answered TTL {} s (via {}, term {})",
                                     context.host,
                                     response.kvs.len(),
                                     response.header.map_or(0, |header| header.revision),
                                     completed.as_millis(),
-                                    sent.as_millis()
+                                    answer.sent.as_millis(),
+                                    answer.ttl_seconds,
+                                    answer.node,
+                                    answer.term
                                 ),
                             );
                         }

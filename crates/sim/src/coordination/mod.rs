@@ -193,6 +193,25 @@ pub struct CoordinationStats {
     pub end_revision: i64,
     pub failed_requests: u64,
     pub unknown_requests: u64,
+    /// A hash of everything recorded (every grant, write, observation and
+    /// watch event, and the history), so a replay can be compared whole.
+    pub record_digest: u64,
+}
+
+impl CoordinationStats {
+    /// Client operations that were checked (requests and stream answers).
+    pub fn operations(&self) -> u64 {
+        self.lock_grants
+            + self.register_writes_accepted
+            + self.register_writes_fenced
+            + self.register_writes_unknown
+            + self.campaigns_won
+            + self.proclaims
+            + self.observations
+            + self.watch_events
+            + self.keepalives_ok
+            + self.lease_reads
+    }
 }
 
 impl std::fmt::Display for CoordinationStats {
@@ -416,12 +435,17 @@ pub struct ClientContext {
 impl ClientContext {
     /// The client's own generator, from the seed and its host name.
     pub fn rng(&self) -> StdRng {
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        for byte in self.host.bytes() {
-            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        StdRng::seed_from_u64(self.seed ^ hash)
+        StdRng::seed_from_u64(self.seed ^ fnv1a(self.host.as_bytes()))
     }
+}
+
+/// FNV-1a of `bytes` (a stable hash for digests of records).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in bytes {
+        hash = (hash ^ *byte as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// Simulated time since the simulation began.

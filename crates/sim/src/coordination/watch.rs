@@ -4,11 +4,12 @@
 //! A watcher keeps one watch open and remembers the revision of the last
 //! event it received. It re-creates the watch on the next node from that
 //! revision + 1 when the stream breaks, when the watch is cancelled, or when
-//! the stream stays silent: every [`WATCH_SILENCE`] without a message it
-//! sends a `RequestProgress`, and a second silent period means the node (or
-//! the path to it) is gone. Responses never split a revision, so "last
-//! revision + 1" neither skips nor repeats anything. It stops once it has
-//! received the final sentinel's revision.
+//! the stream stays silent (after [`WATCH_SILENCE`] without a message it
+//! sends a `RequestProgress`; a second silent period means the node, or the
+//! path to it, is gone), and, to move between nodes even in a quiet run, by
+//! itself now and then ([`WATCH_STAY_MAX`]). Responses never split a
+//! revision, so "last revision + 1" neither skips nor repeats anything. It
+//! stops once it has received the final sentinel's revision.
 
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ use super::{now, think, watcher_specs, AckedWrite, ClientContext, EventRecord, W
 const WATCH_SILENCE: Duration = Duration::from_secs(3);
 /// How long a watcher waits for the sentinel once the run has stopped.
 const WATCH_FINISH_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest time a watcher stays on one node before moving on by itself
+/// (so every watcher is re-created on other nodes even in a quiet run).
+const WATCH_STAY_MAX: Duration = Duration::from_secs(15);
 
 fn create_request(key: &[u8], range_end: &[u8], start_revision: i64) -> WatchRequest {
     WatchRequest {
@@ -44,6 +48,8 @@ enum StreamEnd {
     Finished,
     /// Broken, cancelled or silent: re-create elsewhere.
     Lost(String),
+    /// The watcher chose to move to another node.
+    Moved,
 }
 
 /// Watch `key..range_end` from `*next` on node `node` until the end
@@ -58,6 +64,7 @@ async fn watch_once(
     next: &mut i64,
     events: &mut Vec<EventRecord>,
     give_up_at: Duration,
+    move_at: Option<Duration>,
 ) -> StreamEnd {
     let (_, rpc) = endpoints.node(node);
     let mut client = rpc.watch;
@@ -79,6 +86,9 @@ async fn watch_once(
         }
         if now() >= give_up_at {
             return StreamEnd::Lost("gave up".into());
+        }
+        if move_at.is_some_and(|at| now() >= at) && context.shared.end_revision().is_none() {
+            return StreamEnd::Moved;
         }
         match tokio::time::timeout(WATCH_SILENCE, stream.message()).await {
             Ok(Ok(Some(response))) => {
@@ -154,8 +164,10 @@ pub async fn run_watcher(context: &ClientContext) {
     let mut events = Vec::new();
     let mut recreations = 0;
     let give_up_at = context.stop_at + WATCH_FINISH_DEADLINE;
+    let stay_max_ms = WATCH_STAY_MAX.as_millis() as u64;
     let incomplete = loop {
-        match watch_once(
+        let move_at = now() + Duration::from_millis(rng.gen_range(stay_max_ms / 3..=stay_max_ms));
+        let end = watch_once(
             context,
             &endpoints,
             node,
@@ -164,10 +176,15 @@ pub async fn run_watcher(context: &ClientContext) {
             &mut next,
             &mut events,
             give_up_at,
+            Some(move_at),
         )
-        .await
-        {
+        .await;
+        match end {
             StreamEnd::Finished => break None,
+            StreamEnd::Moved => {
+                recreations += 1;
+                node += 1;
+            }
             StreamEnd::Lost(reason) => {
                 if now() >= give_up_at {
                     break Some(format!(
@@ -262,8 +279,21 @@ pub async fn read_history(
     let (name, _) = endpoints.node(node);
     let mut last_reason = String::new();
     while now() < deadline {
-        match watch_once(context, endpoints, node, &[0], &[0], &mut next, &mut events, deadline).await {
+        match watch_once(
+            context,
+            endpoints,
+            node,
+            &[0],
+            &[0],
+            &mut next,
+            &mut events,
+            deadline,
+            None,
+        )
+        .await
+        {
             StreamEnd::Finished => return Ok(events),
+            StreamEnd::Moved => {}
             StreamEnd::Lost(reason) => {
                 last_reason = reason;
                 tokio::time::sleep(Duration::from_millis(200)).await;
