@@ -373,6 +373,11 @@ pub async fn start(
         meta.clone(),
         std::time::Duration::from_millis(config.raft.election_timeout_ms),
     );
+    tasks.push(tokio::spawn(crate::raft::tiebreak::run(
+        meta.raft.clone(),
+        std::time::Duration::from_millis(config.raft.election_timeout_ms),
+        shutdown_signal.clone(),
+    )));
     tasks.push(tokio::spawn(crate::meta::lease::run_expiry(
         meta.clone(),
         meta.lease_clock.clone(),

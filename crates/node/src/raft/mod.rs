@@ -9,7 +9,9 @@
 //! - [`network`]: Raft messages over one gRPC connection per peer, every
 //!   message tagged with its group id (the `meta` group is [`META_GROUP`]);
 //! - [`runtime`]: tokio with a seedable RNG so simulations replay exactly;
-//! - [`codec`]: how entries and messages become bytes.
+//! - [`codec`]: how entries and messages become bytes;
+//! - [`tiebreak`]: a fresh random delay for every election, so tied
+//!   candidates do not campaign in lockstep forever.
 //!
 //! Why openraft rather than a home-made Raft: it is maintained, tested with a
 //! storage conformance suite and a fuzzer, and supports joint-consensus
@@ -25,6 +27,7 @@ pub mod log_store;
 pub mod network;
 pub mod runtime;
 pub mod state_machine;
+pub mod tiebreak;
 
 pub use state_machine::Application;
 
