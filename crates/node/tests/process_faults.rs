@@ -32,6 +32,8 @@ use zongheng_proto::etcdserverpb::kv_client::KvClient;
 use zongheng_proto::etcdserverpb::{
     compare, request_op, Compare, MemberRemoveRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest,
 };
+use zongheng_proto::peer::peer_client::PeerClient;
+use zongheng_proto::peer::{RaftKind, RaftRequest};
 
 /// How long a client may take to get a write through after the leader dies.
 const FAILOVER_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -77,6 +79,39 @@ fn zongheng_bad_input_is_refused_and_changes_nothing() {
     if let Some(_guard) = enabled(Kind::Zongheng) {
         bad_input_is_refused_and_changes_nothing(Kind::Zongheng);
     }
+}
+
+/// A Raft message addressed to another member id is refused before it
+/// reaches Raft (`server::peer::refuse_misaddressed`): a new member started
+/// at a removed member's address must never answer, or vote, for it.
+#[test]
+fn zongheng_raft_message_for_another_member_is_refused() {
+    let Some(_guard) = enabled(Kind::Zongheng) else { return };
+    let mut cluster = Cluster::start(Kind::Zongheng, 1);
+    cluster.wait_ready(0, CATCH_UP_TIMEOUT);
+    let peer_url = cluster.member(0).peer_url();
+    runtime().block_on(async {
+        let mut peer = PeerClient::new(channel(&peer_url).await.expect("peer connection"));
+        let status = peer
+            .raft(RaftRequest {
+                group_id: 0,
+                kind: RaftKind::Vote as i32,
+                payload: Vec::new(),
+                to_member_id: 0x1234,
+            })
+            .await
+            .expect_err("a vote request for member 1234 must be refused");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert_eq!(
+            status
+                .metadata()
+                .get("x-zongheng-error")
+                .and_then(|code| code.to_str().ok()),
+            Some("ZH_WRONG_MEMBER"),
+            "{status:?}"
+        );
+    });
+    cluster.assert_running(0);
 }
 
 #[test]

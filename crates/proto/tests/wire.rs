@@ -224,8 +224,9 @@ fn peer_messages_fields() {
         group_id: 3,
         kind: RaftKind::Vote as i32,
         payload: vec![0xff],
+        to_member_id: 5,
     };
-    assert_wire(&raft, &[0x08, 3, 0x10, 2, 0x1a, 1, 0xff]);
+    assert_wire(&raft, &[0x08, 3, 0x10, 2, 0x1a, 1, 0xff, 0x20, 5]);
 
     let read_index = ReadIndexReply {
         read_index: 9,

@@ -28,7 +28,7 @@ fn assert_passes(options: &RunOptions) {
 /// (checked by building the node without it: 1 of seeds 1..=60).
 #[test]
 fn seed_43_stalled_peer_connections_are_replaced() {
-    let mut options = RunOptions::new(43, 60);
+    let options = RunOptions::new(43, 60);
     assert_passes(&options);
 }
 
@@ -113,4 +113,142 @@ fn seed_17_one_leader_per_term() {
         "{}",
         report.failures().join("\n")
     );
+}
+
+/// Found by seed 18 of the 1,000-seed campaign with two minutes of faults,
+/// right after openraft was built with `single-term-leader`: the nemesis
+/// wiped the leader `n3`, and `n1` and `n2` campaigned at the same simulated
+/// instants in every term (openraft draws each node's election timeout once
+/// and checks it on a 75 ms tick, so both timeouts rounded to the same
+/// tick), each voting for itself: 430 terms and no leader until the run
+/// gave up. Fixed in `zongheng::raft::tiebreak` (a candidate without a
+/// leader re-campaigns after a delay drawn afresh for every term).
+#[test]
+fn seed_18_tied_candidates_elect_a_leader() {
+    assert_passes(&RunOptions::new(18, 120));
+}
+
+/// Found by seed 100 of the 1,000-seed campaign with two minutes of faults:
+/// two different entries committed at index 1029. `n4`, cut off from the
+/// majority by a bridge partition and a few membership changes behind, still
+/// listed the removed member `n3` as a voter; the wiped `n3` host had just
+/// been added back under a new id, as a fresh learner. `n4` asked "n3" for
+/// its vote at the old member's address, the new learner (term 0, empty log)
+/// granted it, and `n4` led a term of a configuration that no longer
+/// existed. Fixed by addressing every Raft message to a member id and
+/// refusing it under any other id (`zongheng::server::peer`,
+/// `refuse_misaddressed`). The seed stopped reproducing it once
+/// `raft::tiebreak` changed its elections; the scenario test below pins the
+/// interleaving down, and `process_faults.rs` checks the refusal on a real
+/// node.
+#[test]
+fn seed_100_a_new_member_never_votes_for_a_removed_one() {
+    assert_passes(&RunOptions::new(100, 120));
+}
+
+/// The interleaving of seed 100, pinned down (the seed itself stopped
+/// reproducing it once `raft::tiebreak` changed the elections before it):
+/// follower `x` is cut off while the others add `n4`, remove member `b` and
+/// add `b`'s wiped host back under a new id. Then `x`, whose configuration
+/// is still {leader, x, old b}, can reach `b`'s host and nothing else, and
+/// the fresh member there has not heard from the leader yet (no leader lease
+/// to refuse votes with). It must not answer for the old id: `x` must never
+/// lead.
+#[test]
+fn a_stale_candidate_cannot_win_with_a_new_members_vote() {
+    let mut options = SimOptions::new(100);
+    options.spare_count = 1;
+    let cluster = SimCluster::new(options);
+    let mut sim = cluster.build_sim();
+    let nemesis = cluster.nemesis();
+    let names = cluster.names().to_vec();
+    sim.client(CLIENT_HOST, async move {
+        let client = SimClient::new(&names);
+        let voters: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (leader_id, _) = client.agreed_leader(&voters, Duration::from_secs(10)).await?;
+        let views = nemesis.views();
+        let leader = views
+            .iter()
+            .find(|view| view.node_id == leader_id)
+            .unwrap()
+            .host
+            .clone();
+        let followers: Vec<_> = views
+            .iter()
+            .filter(|view| view.node_id != leader_id && voters.contains(&view.host.as_str()))
+            .map(|view| (view.host.clone(), view.node_id))
+            .collect();
+        let (x, _) = followers[0].clone();
+        let (b, b_old_id) = followers[1].clone();
+        nemesis.partition(&[&x], &[&leader, &b, &"n4".to_string()]);
+
+        let added = retry("member add n4", || {
+            client.member_add_on(&leader, vec![format!("http://n4:{PEER_PORT}")], true)
+        })
+        .await?;
+        let n4_id = added
+            .member
+            .map(|member| member.id)
+            .ok_or("member add returned no member")?;
+        nemesis.start("n4", nemesis.join_config("n4")).await;
+        retry("member promote n4", || client.member_promote_on(&leader, n4_id)).await?;
+        retry("member remove b", || client.member_remove_on(&leader, b_old_id)).await?;
+        nemesis.wipe(&b).await;
+        retry("member add b again", || {
+            client.member_add_on(&leader, vec![format!("http://{b}:{PEER_PORT}")], true)
+        })
+        .await?;
+        // The new member learns its id from n4 and never hears from the
+        // leader, so it has no leader lease and an empty log when x asks.
+        nemesis.partition(&[&b], &[&leader]);
+        nemesis.start(&b, nemesis.join_config(&b)).await;
+        let started = tokio::time::Instant::now();
+        while !nemesis
+            .views()
+            .iter()
+            .any(|view| view.host == b && view.node_id != b_old_id)
+        {
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err(format!("{b} did not start under its new id").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // x reaches only b's host now, where a new member runs.
+        nemesis.repair(&[&x], &[&b]);
+        // x's dials to b's host started during the partition, and a dial
+        // whose SYNs were dropped takes as long as Linux's SYN retries.
+        let until = tokio::time::Instant::now() + Duration::from_secs(150);
+        while tokio::time::Instant::now() < until {
+            if let Some(view) = nemesis.views().into_iter().find(|view| view.host == x) {
+                if view.is_leader() {
+                    return Err(format!(
+                        "{x} became leader of term {} with the vote of {b}'s new member",
+                        view.term
+                    )
+                    .into());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nemesis.repair(&[&x, &b], &[&leader, &"n4".to_string()]);
+        Ok(())
+    });
+    cluster.run(&mut sim).expect("a stale candidate never leads");
+}
+
+/// Call `attempt` until it succeeds (at most 50 times, 200 ms apart).
+async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("{what} did not succeed: {last}").into())
 }

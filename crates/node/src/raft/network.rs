@@ -116,7 +116,7 @@ impl NetworkFactory {
 
 impl<C> RaftNetworkFactory<C> for NetworkFactory
 where
-    C: RaftTypeConfig,
+    C: RaftTypeConfig<NodeId = u64>,
     C::Node: PeerAddress,
 {
     type Network = PeerConnection<C>;
@@ -126,6 +126,7 @@ where
         let client = address.as_deref().map(|address| self.pool.client(address));
         PeerConnection {
             target,
+            to_member_id: target,
             address,
             client,
             pool: self.pool.clone(),
@@ -138,6 +139,9 @@ where
 /// openraft's handle to one peer for one group.
 pub struct PeerConnection<C: RaftTypeConfig> {
     target: C::NodeId,
+    /// `target` on the wire: the receiver refuses a message meant for
+    /// another member id (see `server::peer::refuse_misaddressed`).
+    to_member_id: u64,
     address: Option<String>,
     client: Option<PeerClient<Channel>>,
     pool: Arc<PeerPool>,
@@ -184,6 +188,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
             group_id: self.group,
             kind: kind as i32,
             payload,
+            to_member_id: self.to_member_id,
         });
         message.set_timeout(deadline);
         let reply = tokio::time::timeout(deadline, client.raft(message)).await;

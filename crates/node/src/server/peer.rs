@@ -57,6 +57,32 @@ fn refuse_removed(group: &MetaGroup, sender: Option<u64>) -> Result<(), Status> 
     ))
 }
 
+/// A Raft message addressed to another member id is refused. A peer address
+/// outlives the member it was given to: after `member remove`, a wiped
+/// machine is added again under a new id at the same address. A leader that
+/// has not yet learned of the removal still sends the old id's votes and
+/// entries there, and the new member's answer must not count: a fresh
+/// learner grants any vote (seed 100 of a campaign: a stale candidate cut off
+/// from the majority won an election with the new member's vote, and two
+/// different entries were committed at one index). etcd checks its
+/// `X-Raft-To` header the same way.
+fn refuse_misaddressed(group: &MetaGroup, to_member_id: u64) -> Result<(), Status> {
+    if to_member_id == 0 || to_member_id == group.node_id {
+        return Ok(());
+    }
+    Err(crate::server::status::status(
+        tonic::Code::FailedPrecondition,
+        format!(
+            "zongheng: raft message for member {to_member_id:x} reached member {:x}",
+            group.node_id
+        ),
+        WRONG_MEMBER_CODE,
+    ))
+}
+
+/// The error code of [`refuse_misaddressed`].
+pub const WRONG_MEMBER_CODE: &str = "ZH_WRONG_MEMBER";
+
 /// What the leader answers a removed member (see [`refuse_removed`]).
 pub const MEMBER_REMOVED_MESSAGE: &str = "zongheng: this member was removed from the cluster";
 pub const MEMBER_REMOVED_CODE: &str = "ZH_MEMBER_REMOVED";
@@ -74,6 +100,7 @@ impl Peer for PeerService {
     async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
         let group = self.group(request.group_id)?;
+        refuse_misaddressed(group, request.to_member_id)?;
         let kind = RaftKind::try_from(request.kind).unwrap_or(RaftKind::Unspecified);
         let payload = match kind {
             RaftKind::AppendEntries => {
