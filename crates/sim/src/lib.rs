@@ -65,8 +65,8 @@
 //! ## What it does not do yet
 //! No disk faults beyond losing unsynced writes (no torn or corrupted
 //! writes, no fsync errors), no clock skew between hosts (turmoil steps all
-//! clocks together), no watch, lease, lock or election clients, and one
-//! `meta` group only.
+//! clocks together), and one `meta` group only. The watch, lease, lock and
+//! election clients are in [`coordination`].
 
 pub mod client;
 pub mod cluster;

@@ -15,8 +15,8 @@ use super::lock::register_token;
 use super::rpc::{call, Endpoints};
 use super::watch::read_history;
 use super::{
-    now, ClientContext, CoordinationRecord, EventRecord, WriteOutcome, ELECTION_NAME, LOCK_NAME, REGISTER_KEY,
-    SENTINEL_KEYS,
+    now, AckedWrite, ClientContext, CoordinationRecord, EventRecord, WriteOutcome, ELECTION_NAME, LOCK_NAME,
+    REGISTER_KEY, SENTINEL_KEYS,
 };
 use crate::invariants::Invariant;
 use crate::trace::Trace;
@@ -220,28 +220,23 @@ pub fn check_acknowledged(record: &CoordinationRecord, history: &[EventRecord]) 
         by_revision.entry(event.revision).or_default().push(event);
     }
     let mut findings = Vec::new();
-    let mut writes: Vec<(String, Vec<u8>, i64, Option<Vec<u8>>)> = record
-        .acked_writes
-        .iter()
-        .map(|write| {
-            (
-                write.client.clone(),
-                write.key.clone(),
-                write.revision,
-                write.value.clone(),
-            )
-        })
-        .collect();
+    let mut writes: Vec<AckedWrite> = record.acked_writes.clone();
     writes.extend(record.register_writes.iter().filter_map(|write| match write.outcome {
-        WriteOutcome::Applied { revision } => Some((
-            write.client.clone(),
-            REGISTER_KEY.as_bytes().to_vec(),
+        WriteOutcome::Applied { revision } => Some(AckedWrite {
+            client: write.client.clone(),
+            key: REGISTER_KEY.as_bytes().to_vec(),
             revision,
-            Some(write.value.clone()),
-        )),
+            value: Some(write.value.clone()),
+        }),
         _ => None,
     }));
-    for (client, key, revision, value) in writes {
+    for AckedWrite {
+        client,
+        key,
+        revision,
+        value,
+    } in writes
+    {
         let found = by_revision.get(&revision).is_some_and(|events| {
             events.iter().any(|event| {
                 event.key == key
