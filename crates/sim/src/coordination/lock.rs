@@ -8,6 +8,11 @@
 //! (whose lock was lost and given to a later key) is refused once the later
 //! holder has written. The register is created once, with token 0, by a
 //! put-if-absent (a `Value` compare fails on a missing key).
+//!
+//! One grant in `CoordinationOptions::lock_stall_one_in` is followed by a stall longer than the
+//! session's TTL with no keep-alives (Kleppmann's GC pause): the lease
+//! expires, the lock passes on, and the stale holder then writes with its
+//! old token, so the fence is exercised, not only the lock.
 
 use std::time::Duration;
 
@@ -20,6 +25,8 @@ use super::rpc::{call, says, Endpoints};
 use super::{now, now_ms, think, ClientContext, LockGrant, RegisterWrite, WriteOutcome, LOCK_NAME, REGISTER_KEY};
 use crate::client::RequestError;
 
+/// How much longer than the session TTL a stalled holder stays silent.
+const STALL_EXTRA: Duration = Duration::from_millis(1_500);
 /// How long a client keeps trying to create the register at the start.
 const REGISTER_SETUP_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -144,6 +151,18 @@ pub async fn run_lock_client(context: &ClientContext) {
             record.stats.lock_grants += 1;
         });
         tracing::debug!(client = %context.host, token, via = %name, "lock granted");
+        if options.lock_stall_one_in > 0 && rng.gen_ratio(1, options.lock_stall_one_in) {
+            // A stalled holder (a long GC pause): no keep-alives for longer
+            // than the session's TTL, so its lease expires and the next
+            // waiter takes the lock; then it writes anyway, with its old
+            // token, as a real stale holder would. The fence must refuse it
+            // once the next holder has written.
+            if let Some(session) = session.take() {
+                session.keeper.stop();
+                context.shared.stats(|stats| stats.sessions_lost += 1);
+            }
+            tokio::time::sleep(Duration::from_secs(options.session_ttl_seconds as u64) + STALL_EXTRA).await;
+        }
         for _ in 0..rng.gen_range(1..=2) {
             sequence += 1;
             let value = register_value(token, &context.host, sequence);

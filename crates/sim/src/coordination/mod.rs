@@ -120,6 +120,10 @@ pub struct CoordinationOptions {
     pub wait_timeout: Duration,
     /// Longest pause of a client between two steps.
     pub think_time_max: Duration,
+    /// One lock grant in this many is followed by a stall of the holder
+    /// longer than its session TTL (0: never; see [`lock`]).
+    #[serde(default)]
+    pub lock_stall_one_in: u32,
 }
 
 impl Default for CoordinationOptions {
@@ -136,6 +140,7 @@ impl Default for CoordinationOptions {
             request_timeout: Duration::from_secs(3),
             wait_timeout: Duration::from_secs(10),
             think_time_max: Duration::from_millis(100),
+            lock_stall_one_in: 8,
         }
     }
 }
