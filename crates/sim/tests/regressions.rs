@@ -252,3 +252,16 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
     }
     Err(format!("{what} did not succeed: {last}").into())
 }
+
+/// Found by seed 34 of the 1,000-seed one-minute campaign: `n3`, leader of
+/// an old term and cut off from the majority (openraft leaders do not step
+/// down without a quorum), still had the configuration from before `n4` was
+/// added. When `n4`, by then leader of a newer term, asked it for a vote and
+/// sent it entries, `n3` answered "this member was removed" (it leads and
+/// `n4` is not in its configuration), and `n4` shut itself down: the cluster
+/// lost its leader for good. Fixed in `zongheng::server::peer`
+/// (`refuse_removed` answers so only to a sender that is not ahead of it).
+#[test]
+fn seed_34_a_stale_leader_cannot_remove_a_new_member() {
+    assert_passes(&RunOptions::new(34, 60));
+}

@@ -38,8 +38,13 @@ impl PeerService {
 /// The leader tells a node it removed from the group so, when that node
 /// asks for votes or acts as a leader: the removed node then stops (as etcd's
 /// removed members do) instead of disrupting the cluster with elections. Only
-/// the leader answers this way: its membership is the newest, so a node that
-/// was just added is never told it was removed.
+/// a leader answers this way, and only to a sender that is not ahead of it
+/// (the callers check: a vote request whose log is no longer than ours,
+/// entries from a term no newer than ours). A leader cut off from the
+/// majority keeps leading in its own eyes with an old configuration; without
+/// that check it told a member added since, by then leader of a newer term,
+/// that it was removed, and that member shut down (seed 34 of a campaign,
+/// `crates/sim/tests/regressions.rs`).
 fn refuse_removed(group: &MetaGroup, sender: Option<u64>) -> Result<(), Status> {
     let Some(sender) = sender else { return Ok(()) };
     if !group.is_leader() {
@@ -105,12 +110,34 @@ impl Peer for PeerService {
         let payload = match kind {
             RaftKind::AppendEntries => {
                 let rpc: AppendEntriesRequest<MetaRaftConfig> = codec::decode(&request.payload).map_err(bad_payload)?;
-                refuse_removed(group, rpc.vote.leader_id().voted_for())?;
+                // A leader of a newer term than ours knows a newer
+                // configuration than ours: we are the stale one.
+                let current_term = group.raft.metrics().borrow().current_term;
+                if rpc.vote.leader_id().term <= current_term {
+                    refuse_removed(group, rpc.vote.leader_id().voted_for())?;
+                }
                 encode_reply(&group.raft.append_entries(rpc).await)?
             }
             RaftKind::Vote => {
                 let rpc: VoteRequest<u64> = codec::decode(&request.payload).map_err(bad_payload)?;
-                refuse_removed(group, rpc.vote.leader_id().voted_for())?;
+                // A removed member's log ends at or before ours (we have
+                // everything up to its removal and more); a candidate with a
+                // longer log has seen entries we have not, such as the
+                // change that added it: we are the stale one.
+                // Only a leader refuses, and a leader's last entry is of its
+                // own term (the blank entry it appends on election).
+                let ours = {
+                    let metrics = group.raft.metrics();
+                    let metrics = metrics.borrow();
+                    (metrics.current_term, metrics.last_log_index.unwrap_or(0))
+                };
+                let theirs = rpc
+                    .last_log_id
+                    .map(|id| (id.leader_id.term, id.index))
+                    .unwrap_or((0, 0));
+                if theirs <= ours {
+                    refuse_removed(group, rpc.vote.leader_id().voted_for())?;
+                }
                 if cfg!(feature = "mutation-grant-all-votes") {
                     // The mutation build grants every vote without looking
                     // at terms or logs.
