@@ -43,6 +43,8 @@ fn main() {
             Command::Lease(args) => zongheng::cli::lease::run(args).await,
             Command::Service(args) => zongheng::cli::service::run(args).await,
             Command::Bench(args) => zongheng::cli::bench::run(*args).await,
+            Command::Lock(args) => zongheng::cli::lock::run(args).await,
+            Command::Elect(args) => zongheng::cli::elect::run(args).await,
         }
     });
     if let Err(error) = result {

@@ -8,12 +8,16 @@
 //! - `zongheng service register|list|watch`: a service registry.
 //! - `zongheng bench put|range|txn-put|watch|lease|mixed`: a load generator
 //!   for the etcd v3 API (etcd or zongheng), see [`bench`].
+//! - `zongheng lock|elect`: distributed locks (with fencing tokens) and
+//!   leader election, like `etcdctl lock|elect`.
 
 pub mod bench;
 pub mod client;
 pub mod dev;
+pub mod elect;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod member;
 pub mod service;
 pub mod status;
@@ -52,4 +56,8 @@ pub enum Command {
     Service(service::ServiceArgs),
     /// Measure a cluster (etcd or zongheng) with etcd benchmark-style load.
     Bench(Box<bench::BenchArgs>),
+    /// Hold a distributed lock (optionally running a command while holding it).
+    Lock(lock::LockArgs),
+    /// Campaign to lead an election, or follow its leaders with --listen.
+    Elect(elect::ElectArgs),
 }
