@@ -58,6 +58,11 @@ pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
 /// etcd's reason for a watcher whose range holds no key.
 const EMPTY_RANGE_REASON: &str = "mvcc: watcher range is empty";
+/// etcd's reason for a watch id already used on the stream.
+const DUPLICATE_ID_REASON: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// The watch id of a refused create, as etcd answers it (its watch stream
+/// returns -1 with any error), whatever id was asked for.
+const REFUSED_WATCH_ID: i64 = -1;
 
 #[derive(Clone)]
 pub struct WatchService {
@@ -214,39 +219,35 @@ impl StreamTask {
         let range = KeyRange::new(&key, &create.range_end);
         let current = self.current_revision();
         let requested_id = create.watch_id;
-        let refuse = |id: i64, reason: String| WatchResponse {
+        let refuse = |reason: String| WatchResponse {
             header: None,
-            watch_id: id,
+            watch_id: REFUSED_WATCH_ID,
             created: true,
             canceled: true,
             cancel_reason: reason,
             ..Default::default()
         };
         if range.is_empty() {
-            let mut response = refuse(requested_id, EMPTY_RANGE_REASON.to_string());
+            let mut response = refuse(EMPTY_RANGE_REASON.to_string());
             response.header = self.header(current);
             return self.send(response).await;
         }
         if self.watchers.len() >= WATCHERS_PER_STREAM_MAX {
-            let mut response = refuse(
-                requested_id,
-                format!("too many watchers on this stream (limit {WATCHERS_PER_STREAM_MAX})"),
-            );
+            let mut response = refuse(format!(
+                "too many watchers on this stream (limit {WATCHERS_PER_STREAM_MAX})"
+            ));
             response.header = self.header(current);
             return self.send(response).await;
         }
         if requested_id != 0 && self.watchers.contains_key(&requested_id) {
-            let mut response = refuse(requested_id, format!("watch id {requested_id} already exists"));
+            let mut response = refuse(DUPLICATE_ID_REASON.to_string());
             response.header = self.header(current);
             return self.send(response).await;
         }
         let total = self.service.total_watchers.fetch_add(1, Ordering::Relaxed);
         if total >= WATCHERS_TOTAL_MAX {
             self.service.total_watchers.fetch_sub(1, Ordering::Relaxed);
-            let mut response = refuse(
-                requested_id,
-                format!("too many watchers on this member (limit {WATCHERS_TOTAL_MAX})"),
-            );
+            let mut response = refuse(format!("too many watchers on this member (limit {WATCHERS_TOTAL_MAX})"));
             response.header = self.header(current);
             return self.send(response).await;
         }
