@@ -26,11 +26,12 @@
 //! has had no acknowledgement for [`LOST_AT_TTL_FRACTION`] of the TTL, or the
 //! server says the lease is gone, or the lock key is deleted (someone revoked
 //! the lease or deleted the key), the holder must stop acting: the command
-//! gets SIGTERM at once and SIGKILL when the TTL runs out, and `zongheng lock`
-//! exits non-zero with the reason. A stale holder that was paused (a GC
-//! pause, a stopped VM) cannot notice in time, which is what the fencing
-//! token is for: the guarded resource refuses tokens smaller than the largest
-//! it has seen (see `docs/architecture.md`).
+//! gets SIGTERM at once and SIGKILL a sixth of the TTL later (when the TTL
+//! is up, in the no-answer case), and `zongheng lock` exits non-zero with the
+//! reason. A stale holder that was paused (a GC pause, a stopped VM) cannot
+//! notice in time, which is what the fencing token is for: the guarded
+//! resource refuses tokens smaller than the largest it has seen (see
+//! `docs/architecture.md`, section 17).
 //!
 //! ## Not yet
 //! `Lock` and `Unlock` are not retried on another endpoint when the node
