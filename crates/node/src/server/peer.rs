@@ -187,8 +187,17 @@ impl Peer for PeerService {
         }
     }
 
+    /// The member list a joining node finds its id in. Answered only after
+    /// a linearizable barrier: a member cut off from the majority may still
+    /// list a removed member at the joining node's address, and a node that
+    /// took that old id was granted votes meant for it (seed 139 of a
+    /// coordination campaign: a stale candidate won with the vote of the
+    /// rejoined node and committed entries diverged).
     async fn members(&self, request: Request<MembersRequest>) -> Result<Response<MembersReply>, Status> {
         let group = self.group(request.into_inner().group_id)?;
+        group.linearizable_barrier().await.map_err(|error| {
+            Status::unavailable(format!("zongheng: cannot confirm the member list with the leader: {error}"))
+        })?;
         let members = group
             .members()
             .into_iter()
