@@ -279,3 +279,10 @@ fn seed_34_a_stale_leader_cannot_remove_a_new_member() {
 fn seed_139_a_joining_node_takes_its_id_from_the_majority() {
     assert_passes(&zongheng_sim::coordination::run_options(139, 60));
 }
+
+/// The same schedule under the KV workload (the KV campaign found it too,
+/// at index 414).
+#[test]
+fn seed_139_kv_a_joining_node_takes_its_id_from_the_majority() {
+    assert_passes(&RunOptions::new(139, 60));
+}
