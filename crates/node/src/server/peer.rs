@@ -196,7 +196,9 @@ impl Peer for PeerService {
     async fn members(&self, request: Request<MembersRequest>) -> Result<Response<MembersReply>, Status> {
         let group = self.group(request.into_inner().group_id)?;
         group.linearizable_barrier().await.map_err(|error| {
-            Status::unavailable(format!("zongheng: cannot confirm the member list with the leader: {error}"))
+            Status::unavailable(format!(
+                "zongheng: cannot confirm the member list with the leader: {error}"
+            ))
         })?;
         let members = group
             .members()
