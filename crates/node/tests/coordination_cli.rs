@@ -299,6 +299,15 @@ fn a_holder_whose_lease_is_revoked_stops_its_command_and_the_next_waiter_gets_th
 // ---------------------------------------------------------------------------
 // Elect.
 
+/// How many keys (candidates) are under `prefix`, by a linearizable read.
+fn candidates(cluster: &Cluster, prefix: &str) -> u64 {
+    let output = cluster.etcdctl(&["get", prefix, "--prefix", "--keys-only", "-w", "json"]);
+    if !output.success() {
+        return 0;
+    }
+    output.json()["count"].as_u64().unwrap_or(0)
+}
+
 /// The (key, value) pairs printed by `zongheng elect`, two lines each.
 fn leaders(text: &str) -> Vec<(String, String)> {
     let lines: Vec<&str> = text.lines().collect();
@@ -326,6 +335,17 @@ fn elect_hands_over_when_the_leader_stops_and_listen_follows() {
     );
 
     let mut beta = Background::spawn(&urls[1..2], &["elect", "web", "beta", "--ttl", "2"], dir.path(), "beta");
+    // Beta's key must be created before gamma's: the queue is in create
+    // revision order, and two processes started together race for it.
+    assert!(
+        wait_for(EVENTUALLY, Duration::from_millis(20), || (candidates(&cluster, "web/")
+            == 2)
+            .then_some(()))
+        .is_some(),
+        "beta's candidacy never appeared: {} / {}",
+        beta.stderr(),
+        cluster.etcdctl(&["get", "web/", "--prefix", "--keys-only", "-w", "json"])
+    );
     let mut gamma = Background::spawn(&urls[2..], &["elect", "web", "gamma"], dir.path(), "gamma");
     std::thread::sleep(STAYS_BLOCKED);
     assert_eq!(beta.stdout(), "", "one leader at a time");
