@@ -40,6 +40,7 @@ use zongheng_storage::{Durability, Engine, Key, WriteBatch};
 use crate::config::{ClusterState, NodeConfig};
 use crate::meta::group::member_id;
 use crate::meta::{MetaApp, MetaCommand, MetaGroup};
+use crate::net::serve::ServeOptions;
 use crate::net::transport::Transport;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, PeerPool, PEER_MESSAGE_BYTES_MAX};
@@ -336,15 +337,11 @@ pub async fn start(
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .add_service(peer_service)
-            .serve_with_incoming_shutdown(peer_listener, async move {
-                let _ = signal.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "peer server failed");
-        }
+        let routes = tonic::service::Routes::new(peer_service);
+        crate::net::serve::serve(routes, peer_listener, ServeOptions::default(), async move {
+            let _ = signal.wait_for(|stop| *stop).await;
+        })
+        .await;
     }));
 
     let (client_address, client_listener) =
@@ -388,34 +385,32 @@ pub async fn start(
     let election_service = ElectionService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
-            .add_service(
-                KvServer::new(services.clone())
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
-            )
-            .add_service(ClusterServer::new(services.clone()).max_decoding_message_size(max_message))
-            .add_service(MaintenanceServer::new(services).max_decoding_message_size(max_message))
-            .add_service(LeaseServer::new(lease_service).max_decoding_message_size(max_message))
-            .add_service(
-                WatchServer::new(watch_service)
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
-            )
-            .add_service(LockServer::new(lock_service).max_decoding_message_size(max_message))
-            .add_service(
-                ElectionServer::new(election_service)
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
-            )
-            .serve_with_incoming_shutdown(client_listener, async move {
-                let _ = signal.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "client server failed");
-        }
+        let routes = tonic::service::Routes::new(
+            KvServer::new(services.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+        )
+        .add_service(ClusterServer::new(services.clone()).max_decoding_message_size(max_message))
+        .add_service(MaintenanceServer::new(services).max_decoding_message_size(max_message))
+        .add_service(LeaseServer::new(lease_service).max_decoding_message_size(max_message))
+        .add_service(
+            WatchServer::new(watch_service)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+        )
+        .add_service(LockServer::new(lock_service).max_decoding_message_size(max_message))
+        .add_service(
+            ElectionServer::new(election_service)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+        );
+        let options = ServeOptions {
+            max_concurrent_streams: Some(CLIENT_STREAMS_PER_CONNECTION_MAX),
+        };
+        crate::net::serve::serve(routes, client_listener, options, async move {
+            let _ = signal.wait_for(|stop| *stop).await;
+        })
+        .await;
     }));
 
     if let Some(members) = bootstrap {

@@ -1,4 +1,5 @@
 //! Networking: the injected transport every socket goes through.
 
 pub mod h2_authority;
+pub mod serve;
 pub mod transport;

@@ -93,10 +93,18 @@ impl Transport for TcpTransport {
 
 /// Build a lazily connecting gRPC channel to `address` through `transport`.
 /// The channel reconnects by itself after a failure.
+///
+/// A stream this side cancels is forgotten at once
+/// (`http2_max_concurrent_reset_streams(0)`): a late frame for it is answered
+/// with RST_STREAM(STREAM_CLOSED) instead of being dropped quietly. h2 would
+/// otherwise remember up to 10 cancelled streams for one second of OS wall
+/// clock, and which late frames get an answer would depend on how fast the
+/// process runs, so the simulator could not replay a seed.
 pub fn channel(transport: Arc<dyn Transport>, address: &str) -> tonic::transport::Channel {
     let target = address.to_string();
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("a host:port is a valid URI")
+        .http2_max_concurrent_reset_streams(0)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(10))
         .keep_alive_timeout(std::time::Duration::from_secs(5))
