@@ -28,7 +28,7 @@ pub struct MetaApp {
 impl Application for MetaApp {
     type Config = MetaRaftConfig;
 
-    fn apply(&mut self, _log_id: &LogId<u64>, command: &MetaCommand) -> MetaResponse {
+    fn apply(&mut self, log_id: &LogId<u64>, command: &MetaCommand) -> MetaResponse {
         let result = match command {
             MetaCommand::Put(request) => self.kv.put(request).map(MetaResponse::Put),
             MetaCommand::DeleteRange(request) => self.kv.delete_range(request).map(MetaResponse::DeleteRange),
@@ -59,6 +59,9 @@ impl Application for MetaApp {
                 self.members.remove(id);
                 Ok(MetaResponse::Done)
             }
+            MetaCommand::Batch(commands) => Ok(MetaResponse::Batch(
+                commands.iter().map(|command| self.apply(log_id, command)).collect(),
+            )),
         };
         result.unwrap_or_else(MetaResponse::Refused)
     }

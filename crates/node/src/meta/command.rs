@@ -38,6 +38,9 @@ pub enum MetaCommand {
     ForgetMember {
         id: u64,
     },
+    /// Several writes in one entry (see `meta::proposer`), applied in order,
+    /// each as if it were an entry of its own. Never nested by the proposer.
+    Batch(Vec<MetaCommand>),
 }
 
 impl MetaCommand {
@@ -52,6 +55,7 @@ impl MetaCommand {
             MetaCommand::LeaseRevoke { .. } => "lease_revoke",
             MetaCommand::PublishMember { .. } => "publish_member",
             MetaCommand::ForgetMember { .. } => "forget_member",
+            MetaCommand::Batch(_) => "batch",
         }
     }
 }
@@ -77,4 +81,6 @@ pub enum MetaResponse {
     Done,
     /// The command was refused by the state machine; nothing changed.
     Refused(MvccError),
+    /// One response per command of a [`MetaCommand::Batch`], in order.
+    Batch(Vec<MetaResponse>),
 }

@@ -29,6 +29,7 @@ use zongheng_proto::peer::{ForwardRequest, ReadIndexRequest};
 use super::app::MetaApp;
 use super::command::{MetaCommand, MetaResponse};
 use super::mvcc::MvccError;
+use super::proposer::Proposer;
 use super::MetaRaftConfig;
 use crate::raft::codec;
 use crate::raft::network::{PeerAddress, PeerPool};
@@ -140,6 +141,8 @@ pub struct MetaGroup {
     pub raft: Raft<MetaRaftConfig>,
     pub state: Shared<MetaApp>,
     pool: Arc<PeerPool>,
+    /// Batches the writes this node proposes while it leads.
+    proposer: Proposer,
     /// Lease deadlines, kept while this node leads (see `meta::lease`).
     pub lease_clock: super::lease::SharedLeaseClock,
 }
@@ -155,6 +158,7 @@ impl MetaGroup {
         Self {
             node_id,
             cluster_id,
+            proposer: Proposer::start(raft.clone()),
             raft,
             state,
             pool,
@@ -292,11 +296,8 @@ impl MetaGroup {
         let work = async {
             match call {
                 LeaderCall::Command(command) => {
-                    let response = self.raft.client_write(command).await.map_err(write_error)?;
-                    Ok(LeaderReply::Applied {
-                        response: response.data,
-                        index: response.log_id.index,
-                    })
+                    let (response, index) = self.proposer.propose(command).await?;
+                    Ok(LeaderReply::Applied { response, index })
                 }
                 LeaderCall::AddMember { peer_urls, is_learner } => self.add_member(peer_urls, is_learner).await,
                 LeaderCall::RemoveMember { id } => self.remove_member(id).await,
@@ -668,7 +669,7 @@ impl MetaGroup {
     }
 }
 
-fn write_error(error: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> MetaError {
+pub(super) fn write_error(error: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> MetaError {
     match error {
         // openraft answers ForwardToLeader both when the entry was never
         // appended and when it was appended and then truncated by a new

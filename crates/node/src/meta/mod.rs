@@ -4,7 +4,8 @@
 //! 1. A client's etcd v3 gRPC call reaches any member (`server::etcd`), which
 //!    checks it against the named limits and turns it into a [`MetaCommand`].
 //! 2. [`group::MetaGroup::write`] proposes it on the leader, forwarding it over
-//!    the peer service when this member is a follower.
+//!    the peer service when this member is a follower. On the leader,
+//!    [`proposer`] packs the writes waiting at that moment into one entry.
 //! 3. openraft replicates the entry; every member's log store fsyncs it
 //!    (`raft::log_store`) before acknowledging, and once a quorum holds it the
 //!    entry is committed.
@@ -32,6 +33,7 @@ pub mod command;
 pub mod group;
 pub mod lease;
 pub mod mvcc;
+pub mod proposer;
 
 pub use app::MetaApp;
 pub use command::{MetaCommand, MetaResponse};
