@@ -12,14 +12,18 @@
 //!   called after the write returns), so a node never acknowledges an entry or
 //!   grants a vote it could forget.
 //! - `truncate` is also synced: a conflicting suffix must not come back.
-//! - `save_committed` is synced too, and this one is subtle. openraft restores
-//!   a leader that restarts without losing its vote as leader of the same
-//!   term, and serves linearizable reads from max(first entry of its term,
-//!   committed index). If the committed index came back stale, that leader
-//!   would answer reads from a state machine missing writes it had already
-//!   acknowledged (seen once in the kill -9 process test). openraft saves the
-//!   committed index before applying and answering, so syncing it means the
-//!   restored index covers every acknowledged write.
+//! - `save_committed` is buffered: it becomes durable with the next synced
+//!   write (the next append), so after a crash the committed index can come
+//!   back a little stale. Nothing unsafe follows from that on a follower (the
+//!   leader tells it the index again). On a leader it would: openraft
+//!   restores a node that restarts with a committed vote for itself as leader
+//!   of the same term, and serves linearizable reads from max(first entry of
+//!   its term, committed index); with a stale index those reads could miss
+//!   acknowledged writes (seen once in the kill -9 process test, when this
+//!   write was buffered and the vote was read back as saved). So
+//!   `read_vote` returns the vote uncommitted: a restarted leader must win
+//!   a new election, whose first entry covers everything before it. Syncing
+//!   this write instead cost one fsync per commit on every member.
 //! - `purge` is buffered: losing it only makes a restarted node re-purge
 //!   entries, which is harmless; the next synced write makes it durable.
 //!
@@ -192,8 +196,18 @@ where
             .map_err(|error| StorageIOError::write_vote(&error).into())
     }
 
+    /// The vote as saved, but never marked committed: openraft reads it only
+    /// when the node starts, and a committed vote for this node would restore
+    /// it as leader of its old term, trusting a committed index that is
+    /// saved without fsync (see the module doc). Uncommitted, the vote still
+    /// binds the node to its choice for that term; it just has to win an
+    /// election again, as a restarted etcd leader does.
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
-        self.read_value(Key::RaftVote { group: self.group })
+        let vote: Option<Vote<C::NodeId>> = self.read_value(Key::RaftVote { group: self.group })?;
+        Ok(vote.map(|vote| Vote {
+            committed: false,
+            ..vote
+        }))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<C::NodeId>>) -> Result<(), StorageError<C::NodeId>> {
@@ -202,7 +216,7 @@ where
             Key::RaftCommitted { group: self.group }.encode(),
             Self::encode(&committed)?,
         );
-        self.write(batch, Durability::Sync)
+        self.write(batch, Durability::Buffered)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
@@ -259,5 +273,39 @@ where
         batch.put(Key::RaftPurged { group: self.group }.encode(), Self::encode(&log_id)?);
         batch.delete_range(start..end);
         self.write(batch, Durability::Buffered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    use zongheng_storage::MemEngine;
+
+    use super::*;
+    use crate::meta::MetaRaftConfig;
+    use crate::raft::META_GROUP;
+
+    #[tokio::test]
+    async fn a_restarted_leader_reads_its_vote_back_uncommitted() {
+        let engine = Arc::new(MemEngine::new());
+        let mut store = LogStore::<MetaRaftConfig>::new(engine.clone(), META_GROUP);
+        store.save_vote(&Vote::new_committed(7, 1)).await.expect("save vote");
+        engine.crash();
+        let vote = store.read_vote().await.expect("read vote").expect("a vote");
+        assert_eq!(vote, Vote::new(7, 1), "same term and choice, not committed");
+    }
+
+    #[tokio::test]
+    async fn the_committed_index_becomes_durable_with_the_next_synced_write() {
+        let engine = Arc::new(MemEngine::new());
+        let mut store = LogStore::<MetaRaftConfig>::new(engine.clone(), META_GROUP);
+        let committed = Some(LogId::new(CommittedLeaderId::new(3, 1), 10));
+        store.save_committed(committed).await.expect("save committed");
+        engine.crash();
+        assert_eq!(store.read_committed().await.expect("read"), None, "buffered: lost");
+        store.save_committed(committed).await.expect("save committed");
+        store.save_vote(&Vote::new(4, 2)).await.expect("save vote (synced)");
+        engine.crash();
+        assert_eq!(store.read_committed().await.expect("read"), committed);
     }
 }
