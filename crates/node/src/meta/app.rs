@@ -28,7 +28,26 @@ pub struct MetaApp {
 impl Application for MetaApp {
     type Config = MetaRaftConfig;
 
-    fn apply(&mut self, log_id: &LogId<u64>, command: &MetaCommand) -> MetaResponse {
+    fn apply(&mut self, _log_id: &LogId<u64>, command: &MetaCommand) -> MetaResponse {
+        self.apply_command(command)
+    }
+
+    fn empty_response() -> MetaResponse {
+        MetaResponse::Done
+    }
+
+    fn to_snapshot(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode(self)
+    }
+
+    fn from_snapshot(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode(bytes)
+    }
+}
+
+impl MetaApp {
+    /// Apply one command (a batch command by command, in order).
+    fn apply_command(&mut self, command: &MetaCommand) -> MetaResponse {
         let result = match command {
             MetaCommand::Put(request) => self.kv.put(request).map(MetaResponse::Put),
             MetaCommand::DeleteRange(request) => self.kv.delete_range(request).map(MetaResponse::DeleteRange),
@@ -60,26 +79,12 @@ impl Application for MetaApp {
                 Ok(MetaResponse::Done)
             }
             MetaCommand::Batch(commands) => Ok(MetaResponse::Batch(
-                commands.iter().map(|command| self.apply(log_id, command)).collect(),
+                commands.iter().map(|command| self.apply_command(command)).collect(),
             )),
         };
         result.unwrap_or_else(MetaResponse::Refused)
     }
 
-    fn empty_response() -> MetaResponse {
-        MetaResponse::Done
-    }
-
-    fn to_snapshot(&self) -> Result<Vec<u8>, CodecError> {
-        codec::encode(self)
-    }
-
-    fn from_snapshot(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::decode(bytes)
-    }
-}
-
-impl MetaApp {
     /// A digest of the whole replicated state (FNV-1a over its snapshot
     /// encoding, which is deterministic: maps are `BTreeMap`s). Two replicas
     /// that applied the same log prefix have equal digests; the simulator

@@ -126,8 +126,10 @@ async fn propose(raft: &Raft<MetaRaftConfig>, mut batch: Vec<Proposal>) {
         let _ = reply.send(outcome);
         return;
     }
-    let (commands, replies): (Vec<MetaCommand>, Vec<oneshot::Sender<Outcome>>) =
-        batch.into_iter().map(|proposal| (proposal.command, proposal.reply)).unzip();
+    let (commands, replies): (Vec<MetaCommand>, Vec<oneshot::Sender<Outcome>>) = batch
+        .into_iter()
+        .map(|proposal| (proposal.command, proposal.reply))
+        .unzip();
     let count = commands.len();
     match raft.client_write(MetaCommand::Batch(commands)).await {
         Ok(written) => {
@@ -168,9 +170,7 @@ fn approximate_size(command: &MetaCommand) -> usize {
             SMALL + name.len() + client_urls.iter().map(String::len).sum::<usize>()
         }
         MetaCommand::Batch(commands) => commands.iter().map(approximate_size).sum(),
-        MetaCommand::LeaseGrant { .. }
-        | MetaCommand::LeaseRevoke { .. }
-        | MetaCommand::ForgetMember { .. } => SMALL,
+        MetaCommand::LeaseGrant { .. } | MetaCommand::LeaseRevoke { .. } | MetaCommand::ForgetMember { .. } => SMALL,
     }
 }
 
