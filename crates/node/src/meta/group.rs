@@ -30,6 +30,7 @@ use super::app::MetaApp;
 use super::command::{MetaCommand, MetaResponse};
 use super::mvcc::MvccError;
 use super::proposer::Proposer;
+use super::read_index::ReadIndexBatcher;
 use super::MetaRaftConfig;
 use crate::raft::codec;
 use crate::raft::network::{PeerAddress, PeerPool};
@@ -143,6 +144,8 @@ pub struct MetaGroup {
     pool: Arc<PeerPool>,
     /// Batches the writes this node proposes while it leads.
     proposer: Proposer,
+    /// Batches the leadership confirmations of linearizable reads.
+    reads: ReadIndexBatcher,
     /// Lease deadlines, kept while this node leads (see `meta::lease`).
     pub lease_clock: super::lease::SharedLeaseClock,
 }
@@ -159,6 +162,7 @@ impl MetaGroup {
             node_id,
             cluster_id,
             proposer: Proposer::start(raft.clone()),
+            reads: ReadIndexBatcher::start(raft.clone()),
             raft,
             state,
             pool,
@@ -533,67 +537,21 @@ impl MetaGroup {
         }
     }
 
-    /// The last index in this node's log. On the leader, a read index of at
-    /// least this is always safe: every committed entry is in the leader's log.
-    ///
-    /// openraft's own read index, `max(committed, first entry of this
-    /// leader's term)`, is not enough after a restart: openraft 0.9 restores
-    /// a node that led before a crash as leader of the same term at once,
-    /// with the committed index it reads back from disk, and the first entry
-    /// of its term was committed long ago. The log store fsyncs the committed
-    /// index before openraft applies and answers, but openraft sends the new
-    /// commit index to followers before that fsync (`ReplicateCommitted` is
-    /// issued before `Commit`), so a follower can apply an entry, and a
-    /// client read it there, that the restarted leader's disk does not count
-    /// as committed. The simulator saw such a leader answer a linearizable
-    /// read one revision behind a put it had acknowledged (when the committed
-    /// index was still written without an fsync).
-    fn last_log_index(&self) -> u64 {
-        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
-    }
-
     /// On the leader: confirm leadership with a quorum and return the index a
-    /// linearizable read must observe.
+    /// linearizable read must observe, once this node has applied it.
     pub async fn read_index_local(&self) -> Result<u64, MetaError> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let last_log_index = self.last_log_index();
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(MetaError::Timeout),
-            Ok(Ok(read_log_id)) => {
-                let read_index = read_log_id.map(|log_id| log_id.index).unwrap_or(0).max(last_log_index);
-                self.wait_applied(read_index, deadline.saturating_duration_since(Instant::now()))
-                    .await?;
-                Ok(read_index)
-            }
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(MetaError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                Err(MetaError::Timeout)
-            }
-            Ok(Err(RaftError::Fatal(_))) => Err(MetaError::Stopped),
-        }
+        let read_index = self.reads.read_index().await?;
+        self.wait_applied(read_index, deadline.saturating_duration_since(Instant::now()))
+            .await?;
+        Ok(read_index)
     }
 
     /// On the leader, for a follower: confirm leadership with a quorum and
     /// return the read index, without waiting for the leader's own apply
     /// (the follower waits for its own).
     pub async fn read_index_for_follower(&self) -> Result<u64, MetaError> {
-        use openraft::error::CheckIsLeaderError;
-        let last_log_index = self.last_log_index();
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.get_read_log_id()).await {
-            Err(_) => Err(MetaError::Timeout),
-            Ok(Ok((read_log_id, _applied))) => {
-                Ok(read_log_id.map(|log_id| log_id.index).unwrap_or(0).max(last_log_index))
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => Err(MetaError::NotLeader {
-                leader: forward.leader_id,
-            }),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(MetaError::Timeout),
-            Ok(Err(RaftError::Fatal(_))) => Err(MetaError::Stopped),
-        }
+        self.reads.read_index().await
     }
 
     async fn read_index_remote(&self, leader: u64, deadline: Instant) -> Result<(), MetaError> {

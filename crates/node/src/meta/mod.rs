@@ -13,7 +13,8 @@
 //!    the member records) in log order; the leader's response goes back to the
 //!    client with the new revision.
 //!
-//! Reads: linearizable ones wait for a read index (leader-confirmed), then
+//! Reads: linearizable ones wait for a read index (leader-confirmed, one
+//! confirmation round for all the reads waiting, see [`read_index`]), then
 //! read the local [`mvcc::Mvcc`]; serializable ones read it directly.
 //!
 //! ## The CAP choice, per request
@@ -34,6 +35,7 @@ pub mod group;
 pub mod lease;
 pub mod mvcc;
 pub mod proposer;
+pub mod read_index;
 
 pub use app::MetaApp;
 pub use command::{MetaCommand, MetaResponse};
