@@ -128,6 +128,16 @@ fn one_seed() {
     assert!(report.passed(), "{}", describe_failure(&report));
 }
 
+/// Seed 210 of a 1-minute campaign: a leader cut off by a partition kept
+/// four proposals pending in openraft, which held every in-flight slot of
+/// its proposer; once it led again no write got through, and the checker
+/// could not write its sentinel after healing. Proposals in flight now have
+/// a deadline (`zongheng::meta::proposer::PROPOSAL_IN_FLIGHT_TIMEOUT`).
+#[test]
+fn seed_210_stuck_proposals_do_not_stop_later_writes() {
+    run_seeds_with([210], |seed| run_options(seed, 60));
+}
+
 /// One coordination seed, run twice in this process: the coordination
 /// stats, the nemesis and checker traces, every node's Raft state changes,
 /// the violations and the schedule must be identical, byte for byte as JSON.

@@ -20,13 +20,14 @@
 //! that (a timeout means unknown, as for a lone write).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::Raft;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::command::{MetaCommand, MetaResponse};
-use super::group::{write_error, MetaError};
+use super::group::{write_error, MetaError, REQUEST_TIMEOUT};
 use super::MetaRaftConfig;
 
 /// Most commands packed into one log entry.
@@ -40,6 +41,15 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 /// Writes waiting for a batch; a writer beyond this waits for room (its
 /// request deadline still applies).
 pub const PROPOSAL_QUEUE_MAX: usize = 8192;
+/// How long one entry may stay in flight. openraft 0.9 can leave a
+/// `client_write` pending far past any deadline (a leader cut off from the
+/// others keeps its entry pending), and an entry in flight holds one of the
+/// [`PROPOSALS_IN_FLIGHT_MAX`] slots: without this bound, four such entries
+/// stopped every later write on a node that led again after a partition
+/// (coordination seed 210; `seed_210_stuck_proposals_do_not_stop_later_writes`). Its writers have given
+/// up by then (their own deadline is the same); they are told "timed out",
+/// the outcome is unknown, and the entry may still be committed later.
+pub const PROPOSAL_IN_FLIGHT_TIMEOUT: Duration = REQUEST_TIMEOUT;
 
 /// The outcome one writer gets: the command's response and the log index of
 /// the entry that carried it.
@@ -118,11 +128,15 @@ async fn propose(raft: &Raft<MetaRaftConfig>, mut batch: Vec<Proposal>) {
     // timeout. Its answer is simply not read.
     if batch.len() == 1 {
         let Proposal { command, reply } = batch.pop().expect("one proposal");
-        let outcome = raft
-            .client_write(command)
-            .await
-            .map(|written| (written.data, written.log_id.index))
-            .map_err(write_error);
+        let outcome = match tokio::time::timeout(PROPOSAL_IN_FLIGHT_TIMEOUT, raft.client_write(command)).await {
+            Err(_) => {
+                tracing::warn!("a proposal stayed unanswered by Raft past its deadline; its slot is freed");
+                Err(MetaError::Timeout)
+            }
+            Ok(written) => written
+                .map(|written| (written.data, written.log_id.index))
+                .map_err(write_error),
+        };
         let _ = reply.send(outcome);
         return;
     }
@@ -131,7 +145,22 @@ async fn propose(raft: &Raft<MetaRaftConfig>, mut batch: Vec<Proposal>) {
         .map(|proposal| (proposal.command, proposal.reply))
         .unzip();
     let count = commands.len();
-    match raft.client_write(MetaCommand::Batch(commands)).await {
+    let written = match tokio::time::timeout(
+        PROPOSAL_IN_FLIGHT_TIMEOUT,
+        raft.client_write(MetaCommand::Batch(commands)),
+    )
+    .await
+    {
+        Ok(written) => written.map_err(write_error),
+        Err(_) => {
+            tracing::warn!(
+                count,
+                "a batch stayed unanswered by Raft past its deadline; its slot is freed"
+            );
+            Err(MetaError::Timeout)
+        }
+    };
+    match written {
         Ok(written) => {
             let index = written.log_id.index;
             match written.data {
@@ -149,7 +178,6 @@ async fn propose(raft: &Raft<MetaRaftConfig>, mut batch: Vec<Proposal>) {
             }
         }
         Err(error) => {
-            let error = write_error(error);
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
             }
