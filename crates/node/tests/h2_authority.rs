@@ -15,6 +15,8 @@ mod h2_authority {
     use tokio_stream::wrappers::TcpListenerStream;
     use tonic::{Request, Response, Status};
     use zongheng::net::h2_authority::AuthorityFixer;
+    use zongheng::net::serve::ServeOptions;
+    use zongheng::net::transport::{BoxedConnection, Listener};
     use zongheng_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
     use zongheng_proto::etcdserverpb::*;
 
@@ -81,18 +83,27 @@ mod h2_authority {
         }
     }
 
-    /// Starts a tonic server on a free port; `fix` wraps accepted connections.
+    /// Starts the node's gRPC server (`net::serve`) on a free port; `fix`
+    /// wraps accepted connections.
     async fn serve(fix: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let incoming = TcpListenerStream::new(listener);
-        let router = tonic::transport::Server::builder().add_service(MaintenanceServer::new(StatusOnly));
-        if fix {
-            let incoming = incoming.map(|accepted| accepted.map(AuthorityFixer::new));
-            tokio::spawn(router.serve_with_incoming(incoming));
-        } else {
-            tokio::spawn(router.serve_with_incoming(incoming));
-        }
+        let incoming: Listener = Box::pin(TcpListenerStream::new(listener).map(move |accepted| {
+            accepted.map(|stream| {
+                if fix {
+                    BoxedConnection(Box::new(AuthorityFixer::new(stream)))
+                } else {
+                    BoxedConnection(Box::new(stream))
+                }
+            })
+        }));
+        let routes = tonic::service::Routes::new(MaintenanceServer::new(StatusOnly));
+        tokio::spawn(zongheng::net::serve::serve(
+            routes,
+            incoming,
+            ServeOptions::default(),
+            std::future::pending(),
+        ));
         address
     }
 

@@ -296,14 +296,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for AuthorityFixer<T> {
     }
 }
 
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for AuthorityFixer<T> {
-    type ConnectInfo = T::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
 /// The frame parser and rewriter, without I/O: bytes in, bytes out.
 struct AuthorityFilter {
     mode: Mode,

@@ -21,7 +21,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// A boxed connection, usable by tonic's server (`Connected`) and client.
+/// A boxed connection, for the gRPC servers (`net::serve`) and clients.
 pub struct BoxedConnection(pub Box<dyn Connection>);
 
 impl AsyncRead for BoxedConnection {
@@ -44,13 +44,7 @@ impl AsyncWrite for BoxedConnection {
     }
 }
 
-impl tonic::transport::server::Connected for BoxedConnection {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-/// Accepted connections, as a stream tonic's `serve_with_incoming` takes.
+/// Accepted connections, as `net::serve::serve` takes them.
 pub type Listener = Pin<Box<dyn Stream<Item = io::Result<BoxedConnection>> + Send>>;
 
 /// Opens connections and listening sockets.
