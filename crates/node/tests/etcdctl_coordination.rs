@@ -216,7 +216,7 @@ impl Transcript {
         for (index, id) in leases {
             text = replace_word(&text, id, &format!("<lease{}>", index + 1));
         }
-        mask_remaining(&text)
+        sort_attached_keys(&mask_remaining(&text))
     }
 
     fn record(&mut self, command: &str, ctl: &Ctl) {
@@ -497,6 +497,21 @@ fn elect_steps(cluster: &Cluster, dir: &std::path::Path, t: &mut Transcript) {
     t.record_background(&observer);
 }
 
+/// Sorts the list in `attached keys([...])`: etcd prints a lease's keys in
+/// Go map order, which changes from run to run.
+fn sort_attached_keys(text: &str) -> String {
+    const OPEN: &str = "attached keys([";
+    let Some(start) = text.find(OPEN).map(|at| at + OPEN.len()) else {
+        return text.to_string();
+    };
+    let Some(length) = text[start..].find("])") else {
+        return text.to_string();
+    };
+    let mut keys: Vec<&str> = text[start..start + length].split(' ').collect();
+    keys.sort_unstable();
+    format!("{}{}{}", &text[..start], keys.join(" "), &text[start + length..])
+}
+
 /// Writes a transcript where a person can read it next to the other one.
 fn save_transcript(kind: Kind, blocks: &[String]) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("etcdctl_coordination");
@@ -584,4 +599,8 @@ fn normalisation_masks_what_differs() {
         "lease 1 granted with TTL(60s), remaining(30s)"
     );
     assert_eq!(replace_word("mylock/ab12 ab123", "ab12", "<l>"), "mylock/<l> ab123");
+    assert_eq!(
+        sort_attached_keys("TTL(60s), attached keys([lk2 lk])\n"),
+        "TTL(60s), attached keys([lk lk2])\n"
+    );
 }
