@@ -11,6 +11,7 @@
 //! - [`net`]: injected transport, so the simulator can run the same code.
 //! - [`node`]: assembling a node from its configuration; start and shutdown.
 //! - [`config`]: typed configuration (defaults, file, environment, flags).
+//! - [`store`]: the sharded data store (partitions, transactions; in progress).
 //! - [`cli`]: the `zongheng` command line.
 
 pub mod cli;
@@ -20,3 +21,4 @@ pub mod net;
 pub mod node;
 pub mod raft;
 pub mod server;
+pub mod store;
