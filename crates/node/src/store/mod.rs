@@ -13,6 +13,7 @@
 //! with clients that die mid-commit) in [`txn`]'s tests. The Raft groups,
 //! routing, the shard map and the API come next.
 
+pub mod app;
 pub mod client;
 pub mod request;
 pub mod timestamp;
