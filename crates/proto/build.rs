@@ -18,6 +18,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/etcd/v3lockpb/v3lock.proto",
     "proto/etcd/v3electionpb/v3election.proto",
     "proto/zongheng/peer/v1/peer.proto",
+    "proto/zongheng/store/v1/store.proto",
 ];
 
 /// Packages whose types the node stores in the Raft log (with bincode in serde

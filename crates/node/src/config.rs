@@ -69,7 +69,17 @@ pub struct NodeArgs {
     /// Longest key in bytes.
     #[arg(long, env = "ZONGHENG_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
+    /// Partitions of the data store, fixed when the cluster is created
+    /// (0: no data store). Each is a Raft group on up to 3 of the initial members.
+    #[arg(long, env = "ZONGHENG_STORE_PARTITIONS")]
+    pub store_partitions: Option<u32>,
 }
+
+/// Data-store partitions of a new cluster unless `--store-partitions` says
+/// otherwise. Off for now: until appends of many groups share one fsync
+/// (issue 6), every partition costs its own fsync per write and its own
+/// heartbeats, so the store is opt-in.
+pub const STORE_PARTITIONS_DEFAULT: u32 = 0;
 
 /// Whether this node bootstraps a new cluster or joins an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +103,8 @@ pub struct NodeConfig {
     pub initial_cluster_token: String,
     pub raft: RaftSettings,
     pub limits: ClientLimits,
+    /// P, the data store's partition count (0: no data store).
+    pub store_partitions: u32,
 }
 
 /// What is wrong with a configuration, and what to change.
@@ -118,6 +130,8 @@ pub enum ConfigError {
     Timing { heartbeat_ms: u64, election_ms: u64 },
     #[error("--{flag} must be at least {min}, got {value}")]
     TooSmall { flag: &'static str, value: u64, min: u64 },
+    #[error("--{flag} must be at most {max}, got {value}")]
+    TooLarge { flag: &'static str, value: u64, max: u64 },
     #[error("--name must not be empty")]
     EmptyName,
 }
@@ -197,6 +211,7 @@ impl NodeArgs {
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
             max_key_bytes: self.max_key_bytes.or(lower.max_key_bytes),
+            store_partitions: self.store_partitions.or(lower.store_partitions),
         }
     }
 }
@@ -318,6 +333,14 @@ impl NodeConfig {
                 min: 1,
             });
         }
+        let store_partitions = args.store_partitions.unwrap_or(STORE_PARTITIONS_DEFAULT);
+        if store_partitions > zongheng_algo::PARTITIONS_MAX {
+            return Err(ConfigError::TooLarge {
+                flag: "store-partitions",
+                value: u64::from(store_partitions),
+                max: u64::from(zongheng_algo::PARTITIONS_MAX),
+            });
+        }
         Ok(NodeConfig {
             name,
             data_dir,
@@ -337,6 +360,7 @@ impl NodeConfig {
                 snapshot_catchup_entries: (snapshot_count / 2).max(5),
             },
             limits,
+            store_partitions,
         })
     }
 }

@@ -52,6 +52,10 @@ use crate::server::lease::LeaseService;
 use crate::server::lock::LockService;
 use crate::server::peer::PeerService;
 use crate::server::watch::WatchService;
+use crate::store::app::PartitionApp;
+use crate::store::group::{group_of, PartitionGroup};
+use crate::store::StoreGroups;
+use zongheng_algo::{place, NodeSpec, PartitionId, Placement, PlacementConfig};
 
 /// Most open client connections per node (each costs buffers and a task).
 pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
@@ -107,6 +111,8 @@ pub struct NodeHandle {
     pub client_address: SocketAddr,
     pub peer_address: SocketAddr,
     pub meta: Arc<MetaGroup>,
+    /// This node's replicas of the data store's partitions.
+    pub store: Arc<StoreGroups>,
     shutdown: watch::Sender<bool>,
     removed: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -141,6 +147,11 @@ impl NodeHandle {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        for partition in self.store.all() {
+            if let Err(error) = partition.raft.shutdown().await {
+                tracing::warn!(partition = partition.partition, %error, "partition raft did not shut down cleanly");
+            }
         }
         if let Err(error) = self.meta.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
@@ -317,7 +328,15 @@ pub async fn start(
         raft.clone(),
         shared,
         pool.clone(),
+        {
+            let transport = transport.clone();
+            Arc::new(move || transport.wall_clock_ms())
+        },
     ));
+
+    let store = Arc::new(StoreGroups::default());
+    let placement = start_store_groups(&config, identity.node_id, bootstrap.is_some(), &engine, &pool, &store).await?;
+    let store_layout = Arc::new(crate::server::store::layout_of(&config, placement));
 
     let (shutdown, shutdown_signal) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -332,7 +351,7 @@ pub async fn start(
                 source,
             })?;
     let peer_listener = crate::net::transport::limit_connections(peer_listener, PEER_CONNECTIONS_MAX, "peer listener");
-    let peer_service = PeerServer::new(PeerService::new(meta.clone()))
+    let peer_service = PeerServer::new(PeerService::new(meta.clone(), store.clone()))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let mut signal = shutdown_signal.clone();
@@ -383,6 +402,8 @@ pub async fn start(
     let watch_service = WatchService::new(meta.clone(), shutdown_signal.clone(), config.limits.max_request_bytes);
     let lock_service = LockService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
     let election_service = ElectionService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
+    let store_service =
+        crate::server::store::StoreService::new(meta.clone(), store.clone(), store_layout, pool.clone());
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let routes = tonic::service::Routes::new(
@@ -399,6 +420,11 @@ pub async fn start(
                 .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
         )
         .add_service(LockServer::new(lock_service).max_decoding_message_size(max_message))
+        .add_service(
+            zongheng_proto::store::store_server::StoreServer::new(store_service)
+                .max_decoding_message_size(crate::server::store::PARTITION_CALL_BYTES_MAX + GRPC_OVERHEAD_BYTES)
+                .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+        )
         .add_service(
             ElectionServer::new(election_service)
                 .max_decoding_message_size(max_message)
@@ -441,10 +467,91 @@ pub async fn start(
         client_address,
         peer_address,
         meta,
+        store,
         shutdown,
         removed,
         tasks,
     })
+}
+
+/// Start this node's replicas of the data store's partitions.
+///
+/// For now placement is static: computed with [`zongheng_algo::place`] over
+/// the initial members (weight 1 each, 3 replicas), so every member derives
+/// the same replica sets without talking, and derives them again on restart
+/// from the same flags. A new cluster's replicas each call `initialize` with
+/// their partition's replica set, as the `meta` members do. The shard map in
+/// `meta`, replica moves and members added later (which hold no partition
+/// yet) are the next steps of issue 6.
+async fn start_store_groups(
+    config: &NodeConfig,
+    node_id: u64,
+    bootstrap: bool,
+    engine: &Arc<dyn Engine>,
+    pool: &Arc<PeerPool>,
+    store: &StoreGroups,
+) -> Result<Placement, NodeError> {
+    let partitions = config.store_partitions;
+    if partitions == 0 {
+        return Ok(Placement::default());
+    }
+    let nodes: Vec<NodeSpec> = config
+        .initial_cluster
+        .keys()
+        .map(|name| NodeSpec::new(name, 1))
+        .collect();
+    let placement = place(&nodes, partitions, &PlacementConfig::default())
+        .map_err(|error| NodeError::Raft(format!("placing the store's partitions: {error}")))?;
+    let members = bootstrap_members(config);
+    for (partition, replicas) in placement.replicas.iter().enumerate() {
+        if !replicas.contains(&config.name) {
+            continue;
+        }
+        let partition = partition as PartitionId;
+        let group = group_of(partition);
+        let raft_config = config
+            .raft
+            .openraft_config(&format!("{}/partition/{partition}", config.initial_cluster_token))
+            .map_err(|error| NodeError::Raft(error.to_string()))?;
+        let log_store = LogStore::new(engine.clone(), group);
+        let state_machine = StateMachineStore::<PartitionApp>::open(engine.clone(), group)
+            .map_err(|error| NodeError::Raft(error.to_string()))?;
+        let shared = state_machine.shared();
+        // Partition replicas are never told they were removed yet (no moves).
+        let (removed, _) = watch::channel(false);
+        let network = NetworkFactory::new(pool.clone(), group, Arc::new(removed));
+        let raft = Raft::new(node_id, Arc::new(raft_config), network, log_store, state_machine)
+            .await
+            .map_err(|error| NodeError::Raft(error.to_string()))?;
+        if bootstrap {
+            let replica_set: BTreeMap<u64, PeerNode> = members
+                .iter()
+                .filter(|(_, member)| replicas.contains(&member.name))
+                .map(|(id, member)| (*id, member.clone()))
+                .collect();
+            if let Err(error) = raft.initialize(replica_set).await {
+                tracing::info!(partition, %error, "partition already initialized");
+            }
+        }
+        store.insert(Arc::new(PartitionGroup::new(
+            partition,
+            partitions,
+            node_id,
+            raft,
+            shared,
+            pool.clone(),
+        )));
+    }
+    tracing::info!(replicas = store.all().len(), partitions, "store partitions started");
+    Ok(placement)
+}
+
+/// Member id -> name for the initial members (see [`bootstrap_members`]).
+pub fn bootstrap_member_names(config: &NodeConfig) -> BTreeMap<u64, String> {
+    bootstrap_members(config)
+        .into_iter()
+        .map(|(id, member)| (id, member.name))
+        .collect()
 }
 
 /// Record this member's name and client URLs in `meta` once a leader exists,

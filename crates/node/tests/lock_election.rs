@@ -91,6 +91,7 @@ impl Cluster {
                 initial_cluster_token: "lock-election-test".to_string(),
                 raft: RaftSettings::default(),
                 limits: ClientLimits::default(),
+                store_partitions: 0,
             });
             let started = futures::future::join_all(
                 configs.map(|config| start(config, Arc::new(TcpTransport), Arc::new(MemEngine::new()))),

@@ -20,6 +20,7 @@
 //! - [`etcdserverpb`]: services KV, Watch, Lease, Cluster, Maintenance, Auth.
 //! - [`v3lockpb`], [`v3electionpb`]: etcd's lock and election services.
 //! - [`peer`]: `zongheng.peer.v1`, our own node-to-node protocol.
+//! - [`store`]: `zongheng.store.v1`, the data store's client API.
 //!
 //! Messages of `mvccpb`, `authpb` and `etcdserverpb` also derive serde's
 //! `Serialize`/`Deserialize`, because the node stores client requests in the
@@ -79,6 +80,12 @@ pub mod v3electionpb {
 #[allow(clippy::all, missing_docs)]
 pub mod peer {
     tonic::include_proto!("zongheng.peer.v1");
+}
+
+/// zongheng's data store client API (proto package `zongheng.store.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod store {
+    tonic::include_proto!("zongheng.store.v1");
 }
 
 /// The encoded `FileDescriptorSet` of every file above (with imports and

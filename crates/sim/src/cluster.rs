@@ -77,6 +77,8 @@ pub struct SimOptions {
     /// Audit every disk write (see [`crate::disk`]); off only to show that
     /// the end-to-end checks catch what the audit would have caught first.
     pub audit_disk: bool,
+    /// Data-store partitions (`--store-partitions`; 0: no data store).
+    pub store_partitions: u32,
 }
 
 impl SimOptions {
@@ -99,6 +101,7 @@ impl SimOptions {
             min_message_latency: Duration::from_millis(1),
             max_message_latency: Duration::from_millis(10),
             audit_disk: true,
+            store_partitions: 0,
         }
     }
 }
@@ -419,6 +422,7 @@ fn node_config(options: &SimOptions, hosts: &[String], name: &str) -> NodeConfig
         initial_cluster_token: CLUSTER_TOKEN.to_string(),
         raft: options.raft.clone(),
         limits: ClientLimits::default(),
+        store_partitions: options.store_partitions,
     }
 }
 

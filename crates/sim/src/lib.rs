@@ -68,6 +68,7 @@
 //! clocks together), and one `meta` group only. The watch, lease, lock and
 //! election clients are in [`coordination`].
 
+pub mod bank;
 pub mod client;
 pub mod cluster;
 pub mod coordination;

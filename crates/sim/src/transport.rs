@@ -135,6 +135,13 @@ impl Transport for SimTransport {
         })
     }
 
+    fn wall_clock_ms(&self) -> u64 {
+        // Simulated wall time (the cluster sets a fixed epoch), so timestamps replay.
+        turmoil::since_epoch()
+            .map(|elapsed| elapsed.as_millis() as u64)
+            .unwrap_or_else(|| turmoil::elapsed().as_millis() as u64)
+    }
+
     fn listen(&self, address: SocketAddr) -> BoxFuture<io::Result<(SocketAddr, Listener)>> {
         let transport = self.clone();
         Box::pin(async move {

@@ -23,6 +23,8 @@ pub struct MemberAttributes {
 pub struct MetaApp {
     pub kv: Mvcc,
     pub members: BTreeMap<u64, MemberAttributes>,
+    /// The timestamp oracle's committed high-water mark, in physical ms.
+    pub timestamp_high_water_ms: u64,
 }
 
 impl Application for MetaApp {
@@ -76,6 +78,10 @@ impl MetaApp {
             }
             MetaCommand::ForgetMember { id } => {
                 self.members.remove(id);
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::TimestampMark { high_water_ms } => {
+                self.timestamp_high_water_ms = self.timestamp_high_water_ms.max(*high_water_ms);
                 Ok(MetaResponse::Done)
             }
             MetaCommand::Batch(commands) => Ok(MetaResponse::Batch(

@@ -41,6 +41,11 @@ pub enum MetaCommand {
     /// Several writes in one entry (see `meta::proposer`), applied in order,
     /// each as if it were an entry of its own. Never nested by the proposer.
     Batch(Vec<MetaCommand>),
+    /// The timestamp oracle may hand out timestamps below this physical
+    /// millisecond (see `store::timestamp`); the mark never goes down.
+    TimestampMark {
+        high_water_ms: u64,
+    },
 }
 
 impl MetaCommand {
@@ -56,6 +61,7 @@ impl MetaCommand {
             MetaCommand::PublishMember { .. } => "publish_member",
             MetaCommand::ForgetMember { .. } => "forget_member",
             MetaCommand::Batch(_) => "batch",
+            MetaCommand::TimestampMark { .. } => "timestamp_mark",
         }
     }
 }

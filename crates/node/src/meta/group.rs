@@ -36,6 +36,7 @@ use crate::raft::codec;
 use crate::raft::network::{PeerAddress, PeerPool};
 use crate::raft::state_machine::Shared;
 use crate::raft::{PeerNode, META_GROUP};
+use crate::store::timestamp::{Allocation, OracleError, Timestamp, TimestampOracle, TIMESTAMP_BATCH_MAX};
 
 /// How long a request may wait for a leader, a proposal or a read index.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,6 +105,10 @@ pub enum LeaderCall {
     LeaseTimeToLive {
         id: i64,
     },
+    /// `count` transaction timestamps from the leader's oracle.
+    Timestamps {
+        count: u32,
+    },
 }
 
 /// The leader's answer to a [`LeaderCall`].
@@ -123,6 +128,11 @@ pub enum LeaderReply {
     LeaseTtl {
         ttl: Option<i64>,
         granted_ttl: i64,
+    },
+    /// Timestamps `first..first + count`.
+    Timestamps {
+        first: u64,
+        count: u32,
     },
 }
 
@@ -148,7 +158,16 @@ pub struct MetaGroup {
     reads: ReadIndexBatcher,
     /// Lease deadlines, kept while this node leads (see `meta::lease`).
     pub lease_clock: super::lease::SharedLeaseClock,
+    /// The timestamp oracle while this node leads, with the term it was
+    /// started in (a new term starts it again from the committed mark).
+    oracle: tokio::sync::Mutex<Option<(u64, TimestampOracle)>>,
+    /// Wall-clock milliseconds since the Unix epoch (injected: simulated
+    /// time in the simulator).
+    wall_clock_ms: WallClock,
 }
+
+/// A source of wall-clock milliseconds since the Unix epoch.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl MetaGroup {
     pub fn new(
@@ -157,8 +176,11 @@ impl MetaGroup {
         raft: Raft<MetaRaftConfig>,
         state: Shared<MetaApp>,
         pool: Arc<PeerPool>,
+        wall_clock_ms: WallClock,
     ) -> Self {
         Self {
+            oracle: tokio::sync::Mutex::new(None),
+            wall_clock_ms,
             node_id,
             cluster_id,
             proposer: Proposer::start(raft.clone()),
@@ -309,6 +331,7 @@ impl MetaGroup {
                 LeaderCall::UpdateMember { id, peer_urls } => self.update_member(id, peer_urls).await,
                 LeaderCall::LeaseKeepAlive { id } => self.lease_on_leader(id, true),
                 LeaderCall::LeaseTimeToLive { id } => self.lease_on_leader(id, false),
+                LeaderCall::Timestamps { count } => self.timestamps_on_leader(count).await,
             }
         };
         match tokio::time::timeout(remaining, work).await {
@@ -457,6 +480,53 @@ impl MetaGroup {
     }
 
     /// Keep-alive or time-to-live of a lease, on the leader's clock.
+    /// `count` timestamps from the oracle (see `store::timestamp`), through
+    /// the leader.
+    pub async fn timestamps(&self, count: u32) -> Result<(Timestamp, u32), MetaError> {
+        match self.call_leader(LeaderCall::Timestamps { count }).await? {
+            LeaderReply::Timestamps { first, count } => Ok((Timestamp(first), count)),
+            other => Err(MetaError::Internal(format!("unexpected leader reply {other:?}"))),
+        }
+    }
+
+    /// Hand out timestamps on the leader. A leader in a new term first
+    /// confirms leadership and applies everything committed (so it sees the
+    /// last committed mark), then starts its oracle above that mark; a mark
+    /// the oracle asks for is committed before anything below it is handed
+    /// out. Allocations are serialized by the oracle's lock.
+    async fn timestamps_on_leader(&self, count: u32) -> Result<LeaderReply, MetaError> {
+        let mut oracle = self.oracle.lock().await;
+        let term = self.raft.metrics().borrow().current_term;
+        if oracle.as_ref().is_none_or(|(started, _)| *started != term) {
+            self.read_index_local().await?;
+            let mark = self.read(|app| app.timestamp_high_water_ms);
+            *oracle = Some((term, TimestampOracle::start_leading(mark)));
+        }
+        let (_, state) = oracle.as_mut().expect("started above");
+        loop {
+            let now_ms = (self.wall_clock_ms)();
+            match state.allocate(count, now_ms) {
+                Err(OracleError::BadCount(count)) => {
+                    return Err(MetaError::InvalidArgument(format!(
+                        "asked for {count} timestamps; one request may take 1..={TIMESTAMP_BATCH_MAX}"
+                    )))
+                }
+                Err(OracleError::NotReady) => return Err(MetaError::NoLeader),
+                Ok(Allocation::Granted { first, count }) => {
+                    return Ok(LeaderReply::Timestamps { first: first.0, count })
+                }
+                Ok(Allocation::PersistFirst { high_water_ms }) => {
+                    let command = MetaCommand::TimestampMark { high_water_ms };
+                    let (response, _) = self.proposer.propose(command).await?;
+                    if let MetaResponse::Refused(error) = response {
+                        return Err(MetaError::Refused(error));
+                    }
+                    state.persisted(high_water_ms);
+                }
+            }
+        }
+    }
+
     fn lease_on_leader(&self, id: i64, renew: bool) -> Result<LeaderReply, MetaError> {
         if !self.is_leader() {
             return Err(MetaError::NotLeader {
@@ -647,7 +717,7 @@ pub(super) fn write_error(error: RaftError<u64, ClientWriteError<u64, PeerNode>>
 }
 
 /// Whether a peer call failed while connecting (so nothing was sent).
-fn is_connect_failure(status: &tonic::Status) -> bool {
+pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {

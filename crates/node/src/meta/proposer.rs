@@ -198,7 +198,10 @@ fn approximate_size(command: &MetaCommand) -> usize {
             SMALL + name.len() + client_urls.iter().map(String::len).sum::<usize>()
         }
         MetaCommand::Batch(commands) => commands.iter().map(approximate_size).sum(),
-        MetaCommand::LeaseGrant { .. } | MetaCommand::LeaseRevoke { .. } | MetaCommand::ForgetMember { .. } => SMALL,
+        MetaCommand::LeaseGrant { .. }
+        | MetaCommand::LeaseRevoke { .. }
+        | MetaCommand::ForgetMember { .. }
+        | MetaCommand::TimestampMark { .. } => SMALL,
     }
 }
 

@@ -54,6 +54,14 @@ pub trait Transport: Send + Sync + 'static {
     /// Listen on `address`; returns the bound address (port 0 picks one) and the
     /// stream of accepted connections.
     fn listen(&self, address: SocketAddr) -> BoxFuture<io::Result<(SocketAddr, Listener)>>;
+    /// Wall-clock milliseconds since the Unix epoch: the physical part of
+    /// transaction timestamps. The simulator answers with simulated time.
+    fn wall_clock_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as u64)
+            .unwrap_or(0)
+    }
 }
 
 /// Real TCP, with Nagle off (Raft and gRPC send small latency-bound frames).

@@ -7,4 +7,5 @@ pub mod lease;
 pub mod lock;
 pub mod peer;
 pub mod status;
+pub mod store;
 pub mod watch;

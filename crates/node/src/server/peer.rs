@@ -1,6 +1,7 @@
 //! The peer service: Raft messages, forwarded writes, read-index and member
-//! discovery between nodes. Requests name their Raft group; today only the
-//! `meta` group exists, and an unknown group is refused with `NotFound`.
+//! discovery between nodes. Requests name their Raft group: the `meta` group,
+//! or a store partition's group (Raft messages and forwarded requests only);
+//! a group this node has no replica of is refused with `NotFound`.
 
 use std::sync::Arc;
 
@@ -16,14 +17,52 @@ use zongheng_proto::peer::{
 use crate::meta::group::{LeaderCall, REQUEST_TIMEOUT};
 use crate::meta::{MetaError, MetaGroup, MetaRaftConfig};
 use crate::raft::{codec, META_GROUP};
+use crate::store::app::StoreRaftConfig;
+use crate::store::group::{
+    partition_of_group, ForwardedRequest, GroupError, PartitionGroup, PARTITION_REQUEST_TIMEOUT,
+};
+use crate::store::StoreGroups;
 
 pub struct PeerService {
     meta: Arc<MetaGroup>,
+    store: Arc<StoreGroups>,
 }
 
 impl PeerService {
-    pub fn new(meta: Arc<MetaGroup>) -> Self {
-        Self { meta }
+    pub fn new(meta: Arc<MetaGroup>, store: Arc<StoreGroups>) -> Self {
+        Self { meta, store }
+    }
+
+    /// The local replica of a store partition group, when `group_id` names one.
+    fn partition_group(&self, group_id: u64) -> Option<Result<Arc<PartitionGroup>, Status>> {
+        let partition = partition_of_group(group_id)?;
+        Some(
+            self.store.get(partition).ok_or_else(|| {
+                Status::not_found(format!("zongheng: no replica of partition {partition} on this node"))
+            }),
+        )
+    }
+
+    async fn partition_raft(&self, group: &PartitionGroup, request: RaftRequest) -> Result<Vec<u8>, Status> {
+        refuse_misaddressed_id(group.node_id, request.to_member_id)?;
+        let kind = RaftKind::try_from(request.kind).unwrap_or(RaftKind::Unspecified);
+        match kind {
+            RaftKind::AppendEntries => {
+                let rpc: AppendEntriesRequest<StoreRaftConfig> =
+                    codec::decode(&request.payload).map_err(bad_payload)?;
+                encode_reply(&group.raft.append_entries(rpc).await)
+            }
+            RaftKind::Vote => {
+                let rpc: VoteRequest<u64> = codec::decode(&request.payload).map_err(bad_payload)?;
+                encode_reply(&group.raft.vote(rpc).await)
+            }
+            RaftKind::InstallSnapshot => {
+                let rpc: InstallSnapshotRequest<StoreRaftConfig> =
+                    codec::decode(&request.payload).map_err(bad_payload)?;
+                encode_reply(&group.raft.install_snapshot(rpc).await)
+            }
+            RaftKind::Unspecified => Err(Status::invalid_argument("zongheng: raft message kind not set")),
+        }
     }
 
     fn group(&self, group_id: u64) -> Result<&MetaGroup, Status> {
@@ -72,15 +111,17 @@ fn refuse_removed(group: &MetaGroup, sender: Option<u64>) -> Result<(), Status> 
 /// different entries were committed at one index). etcd checks its
 /// `X-Raft-To` header the same way.
 fn refuse_misaddressed(group: &MetaGroup, to_member_id: u64) -> Result<(), Status> {
-    if to_member_id == 0 || to_member_id == group.node_id {
+    refuse_misaddressed_id(group.node_id, to_member_id)
+}
+
+/// [`refuse_misaddressed`] for any group: `node_id` is this node's member id.
+fn refuse_misaddressed_id(node_id: u64, to_member_id: u64) -> Result<(), Status> {
+    if to_member_id == 0 || to_member_id == node_id {
         return Ok(());
     }
     Err(crate::server::status::status(
         tonic::Code::FailedPrecondition,
-        format!(
-            "zongheng: raft message for member {to_member_id:x} reached member {:x}",
-            group.node_id
-        ),
+        format!("zongheng: raft message for member {to_member_id:x} reached member {node_id:x}"),
         WRONG_MEMBER_CODE,
     ))
 }
@@ -104,6 +145,10 @@ fn encode_reply<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
 impl Peer for PeerService {
     async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
+        if let Some(partition) = self.partition_group(request.group_id) {
+            let payload = self.partition_raft(&*partition?, request).await?;
+            return Ok(Response::new(RaftReply { payload }));
+        }
         let group = self.group(request.group_id)?;
         refuse_misaddressed(group, request.to_member_id)?;
         let kind = RaftKind::try_from(request.kind).unwrap_or(RaftKind::Unspecified);
@@ -160,6 +205,24 @@ impl Peer for PeerService {
 
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         let request = request.into_inner();
+        if let Some(partition) = self.partition_group(request.group_id) {
+            let partition = partition?;
+            let forwarded: ForwardedRequest = codec::decode(&request.payload).map_err(bad_payload)?;
+            let result = if partition.is_leader() {
+                let deadline = Instant::now() + PARTITION_REQUEST_TIMEOUT;
+                partition
+                    .execute_on_leader(forwarded.epoch, forwarded.request, deadline)
+                    .await
+            } else {
+                Err(GroupError::NotLeader {
+                    partition: partition.partition,
+                    leader: partition.current_leader(),
+                })
+            };
+            return Ok(Response::new(ForwardReply {
+                payload: encode_reply(&result)?,
+            }));
+        }
         let group = self.group(request.group_id)?;
         let call: LeaderCall = codec::decode(&request.payload).map_err(bad_payload)?;
         let result = if group.is_leader() {

@@ -59,6 +59,10 @@ pub enum StoreError {
     /// The partition refused it; see the transaction error's code.
     #[error(transparent)]
     Txn(#[from] TxnError),
+    /// The partition refused the request's routing (a stale shard-map epoch, a
+    /// key sent to the wrong partition).
+    #[error(transparent)]
+    Partition(super::app::PartitionError),
     /// Not applied: no route, no leader, connection refused. Safe to retry.
     #[error("partition unavailable: {0}")]
     Unavailable(String),
@@ -75,6 +79,7 @@ impl StoreError {
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::Txn(error) => error.code(),
+            StoreError::Partition(error) => error.code(),
             StoreError::Unavailable(_) => "ZH_STORE_UNAVAILABLE",
             StoreError::Unknown(_) => "ZH_STORE_OUTCOME_UNKNOWN",
             StoreError::Timeout => "ZH_TIMEOUT",
@@ -85,6 +90,10 @@ impl StoreError {
     pub fn retryable(&self) -> bool {
         match self {
             StoreError::Txn(error) => error.retryable(),
+            StoreError::Partition(error) => matches!(
+                error,
+                super::app::PartitionError::StaleEpoch { .. } | super::app::PartitionError::NotInitialized
+            ),
             StoreError::Unavailable(_) | StoreError::Timeout => true,
             StoreError::Unknown(_) => false,
         }

@@ -15,6 +15,47 @@
 
 pub mod app;
 pub mod client;
+pub mod group;
+pub mod remote;
 pub mod request;
 pub mod timestamp;
 pub mod txn;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use zongheng_algo::PartitionId;
+
+/// The partition replicas this node runs, by partition. The peer service
+/// looks groups up here; the node adds them as it starts them.
+#[derive(Default)]
+pub struct StoreGroups {
+    groups: RwLock<BTreeMap<PartitionId, Arc<group::PartitionGroup>>>,
+}
+
+impl StoreGroups {
+    pub fn get(&self, partition: PartitionId) -> Option<Arc<group::PartitionGroup>> {
+        self.groups
+            .read()
+            .expect("store groups lock poisoned")
+            .get(&partition)
+            .cloned()
+    }
+
+    pub fn insert(&self, group: Arc<group::PartitionGroup>) {
+        self.groups
+            .write()
+            .expect("store groups lock poisoned")
+            .insert(group.partition, group);
+    }
+
+    /// Every local replica, in partition order.
+    pub fn all(&self) -> Vec<Arc<group::PartitionGroup>> {
+        self.groups
+            .read()
+            .expect("store groups lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,312 @@
+//! One partition replica running on this node: its Raft group, and how a
+//! request reaches the group's leader.
+//!
+//! Every partition is its own openraft instance with its own log (in the
+//! node's one storage engine, under its own group id) and state machine
+//! ([`PartitionApp`]), talking to its peers over the node's shared peer
+//! connections (every message tagged with the group id).
+//!
+//! Requests go to the leader: writes are proposed there; linearizable reads
+//! confirm leadership with a quorum (read index) and read once the leader has
+//! applied that index. A replica that is not the leader forwards the request
+//! over the peer service, and retries against a new leader while nothing was
+//! sent. A request whose fate is unknown (sent, then the connection broke or
+//! the deadline passed) is reported as [`GroupError::Timeout`] and never
+//! retried here: every partition request is idempotent, so the client may.
+//!
+//! The group's first entry, [`PartitionCommand::Init`], is proposed by the
+//! first leader that serves a request, so every replica learns which
+//! partition it holds from the log.
+//!
+//! Not done yet (issue 6): proposals are not batched across groups (one fsync
+//! per group append), followers do not serve reads, and there is no
+//! membership change (replica moves).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use zongheng_algo::PartitionId;
+use zongheng_proto::peer::ForwardRequest;
+
+use super::app::{PartitionApp, PartitionCommand, PartitionError, PartitionIdentity, StoreRaftConfig};
+use super::request::{PartitionRequest, PartitionResponse};
+use crate::raft::codec;
+use crate::raft::network::{PeerAddress, PeerPool};
+use crate::raft::state_machine::Shared;
+use crate::raft::{PeerNode, META_GROUP};
+
+/// Group ids of partitions start here (the `meta` group is 0): partition p
+/// is group `STORE_GROUP_BASE + p`.
+pub const STORE_GROUP_BASE: u64 = 1_000;
+/// How long a partition request may wait for a leader, a proposal or a read index.
+pub const PARTITION_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts while the group has no leader.
+const LEADER_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The Raft group id of a partition.
+pub fn group_of(partition: PartitionId) -> u64 {
+    STORE_GROUP_BASE + u64::from(partition)
+}
+
+/// The partition of a Raft group id, if it is a store group.
+pub fn partition_of_group(group: u64) -> Option<PartitionId> {
+    (group >= STORE_GROUP_BASE && group != META_GROUP)
+        .then(|| PartitionId::try_from(group - STORE_GROUP_BASE).ok())
+        .flatten()
+}
+
+/// Why a partition request failed on the node side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum GroupError {
+    #[error("partition {0} has no leader")]
+    NoLeader(PartitionId),
+    #[error("partition {partition} is not led here (leader: {leader:?})")]
+    NotLeader {
+        partition: PartitionId,
+        leader: Option<u64>,
+    },
+    #[error("request timed out; it may or may not have been applied")]
+    Timeout,
+    #[error("the partition replica stopped")]
+    Stopped,
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A request as forwarded between replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedRequest {
+    pub epoch: u64,
+    pub request: PartitionRequest,
+}
+
+/// One partition replica on this node.
+pub struct PartitionGroup {
+    pub partition: PartitionId,
+    /// P, the cluster's partition count.
+    pub partitions: u32,
+    pub node_id: u64,
+    pub raft: Raft<StoreRaftConfig>,
+    pub state: Shared<PartitionApp>,
+    pool: Arc<PeerPool>,
+}
+
+impl PartitionGroup {
+    pub fn new(
+        partition: PartitionId,
+        partitions: u32,
+        node_id: u64,
+        raft: Raft<StoreRaftConfig>,
+        state: Shared<PartitionApp>,
+        pool: Arc<PeerPool>,
+    ) -> Self {
+        Self {
+            partition,
+            partitions,
+            node_id,
+            raft,
+            state,
+            pool,
+        }
+    }
+
+    pub fn group_id(&self) -> u64 {
+        group_of(self.partition)
+    }
+
+    pub fn current_leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.current_leader() == Some(self.node_id)
+    }
+
+    /// Serve `request` (routed with shard-map `epoch`) through the group's
+    /// leader, following leader changes until the deadline.
+    pub async fn execute(&self, epoch: u64, request: PartitionRequest) -> Result<PartitionResponse, GroupError> {
+        let deadline = Instant::now() + PARTITION_REQUEST_TIMEOUT;
+        loop {
+            let result = match self.current_leader() {
+                None => Err(GroupError::NoLeader(self.partition)),
+                Some(leader) if leader == self.node_id => {
+                    self.execute_on_leader(epoch, request.clone(), deadline).await
+                }
+                Some(leader) => self.forward(leader, epoch, &request, deadline).await,
+            };
+            match result {
+                Err(GroupError::NoLeader(_) | GroupError::NotLeader { .. })
+                    if Instant::now() + LEADER_RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(LEADER_RETRY_PAUSE).await;
+                }
+                Err(GroupError::NotLeader { .. }) => return Err(GroupError::NoLeader(self.partition)),
+                other => return other,
+            }
+        }
+    }
+
+    /// Serve `request` here, where this node believes it leads; used by the
+    /// peer service for forwarded requests too (it never forwards again).
+    pub async fn execute_on_leader(
+        &self,
+        epoch: u64,
+        request: PartitionRequest,
+        deadline: Instant,
+    ) -> Result<PartitionResponse, GroupError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let work = async {
+            if request.is_write() {
+                self.ensure_initialized().await?;
+                let command = PartitionCommand::Request {
+                    partition: self.partition,
+                    epoch,
+                    request,
+                };
+                let reply = self
+                    .raft
+                    .client_write(command)
+                    .await
+                    .map_err(|error| self.write_error(error))?;
+                Ok(reply.data?)
+            } else {
+                self.read_index().await?;
+                let applied = self.state.read().expect("state machine lock poisoned");
+                if applied.app.identity.is_none() {
+                    // Nothing was ever written here: read an empty partition,
+                    // with the same checks of the request.
+                    let empty = PartitionApp {
+                        identity: Some(PartitionIdentity {
+                            partition: self.partition,
+                            partitions: self.partitions,
+                        }),
+                        ..PartitionApp::default()
+                    };
+                    return Ok(empty.read(self.partition, epoch, &request)?);
+                }
+                Ok(applied.app.read(self.partition, epoch, &request)?)
+            }
+        };
+        tokio::time::timeout(remaining, work)
+            .await
+            .unwrap_or(Err(GroupError::Timeout))
+    }
+
+    /// Propose the group's first entry if no leader has yet.
+    async fn ensure_initialized(&self) -> Result<(), GroupError> {
+        let initialized = self
+            .state
+            .read()
+            .expect("state machine lock poisoned")
+            .app
+            .identity
+            .is_some();
+        if initialized {
+            return Ok(());
+        }
+        let init = PartitionCommand::Init {
+            partition: self.partition,
+            partitions: self.partitions,
+        };
+        let reply = self
+            .raft
+            .client_write(init)
+            .await
+            .map_err(|error| self.write_error(error))?;
+        reply.data.map(|_| ()).map_err(GroupError::from)
+    }
+
+    /// Confirm leadership with a quorum and wait until this replica applied
+    /// everything in its log at that moment (see `meta::read_index` for why
+    /// the last log index, not only openraft's read log id).
+    async fn read_index(&self) -> Result<(), GroupError> {
+        let last_log_index = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let read_log_id = match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => read_log_id,
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                return Err(GroupError::NotLeader {
+                    partition: self.partition,
+                    leader: forward.leader_id,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => return Err(GroupError::Timeout),
+            Err(RaftError::Fatal(_)) => return Err(GroupError::Stopped),
+        };
+        let index = read_log_id.map(|log_id| log_id.index).unwrap_or(0).max(last_log_index);
+        self.raft
+            .wait(Some(PARTITION_REQUEST_TIMEOUT))
+            .applied_index_at_least(Some(index), "partition read")
+            .await
+            .map(|_| ())
+            .map_err(|error| match error {
+                openraft::metrics::WaitError::Timeout(..) => GroupError::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => GroupError::Stopped,
+            })
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        epoch: u64,
+        request: &PartitionRequest,
+        deadline: Instant,
+    ) -> Result<PartitionResponse, GroupError> {
+        let address = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .and_then(PeerAddress::peer_address)
+        };
+        let Some(address) = address else {
+            return Err(GroupError::NoLeader(self.partition));
+        };
+        let forwarded = ForwardedRequest {
+            epoch,
+            request: request.clone(),
+        };
+        let payload = codec::encode(&forwarded).map_err(|error| GroupError::Internal(error.to_string()))?;
+        let mut client = self.pool.client(&address);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut message = tonic::Request::new(ForwardRequest {
+            group_id: self.group_id(),
+            payload,
+        });
+        message.set_timeout(remaining);
+        let reply = match tokio::time::timeout(remaining, client.forward(message)).await {
+            Err(_) => return Err(GroupError::Timeout),
+            Ok(Err(status)) if crate::meta::group::is_connect_failure(&status) => {
+                // Nothing left this node: safe to wait for a leader and retry.
+                return Err(GroupError::NotLeader {
+                    partition: self.partition,
+                    leader: None,
+                });
+            }
+            // Anything else from the transport: the request may have been applied.
+            Ok(Err(_)) => return Err(GroupError::Timeout),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        codec::decode::<Result<PartitionResponse, GroupError>>(&reply.payload)
+            .map_err(|error| GroupError::Internal(error.to_string()))?
+    }
+
+    fn write_error(&self, error: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> GroupError {
+        match error {
+            // As in `meta`: the entry may have been appended and may still
+            // commit, so the outcome is unknown.
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => GroupError::Timeout,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => {
+                GroupError::Internal(format!("unexpected membership error: {change}"))
+            }
+            RaftError::Fatal(_) => GroupError::Stopped,
+        }
+    }
+}
