@@ -45,6 +45,8 @@ fn main() {
             Command::Bench(args) => zongheng::cli::bench::run(*args).await,
             Command::Lock(args) => zongheng::cli::lock::run(args).await,
             Command::Elect(args) => zongheng::cli::elect::run(args).await,
+            Command::Store(args) => zongheng::cli::store::run(args).await,
+            Command::Txn(args) => zongheng::cli::store::run_txn(args).await,
         }
     });
     if let Err(error) = result {

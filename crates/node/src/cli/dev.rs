@@ -36,6 +36,9 @@ pub struct DevArgs {
     /// First client port; node i uses base+10*i (client) and base+10*i+1 (peer).
     #[arg(long, default_value_t = 2379)]
     pub base_port: u16,
+    /// Partitions of the data store (`zongheng store ...`); 0 for none.
+    #[arg(long, default_value_t = 8)]
+    pub store_partitions: u32,
 }
 
 struct DevNode {
@@ -95,6 +98,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "zongheng-dev"])
+            .args(["--store-partitions", &args.store_partitions.to_string()])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -142,6 +146,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  {zongheng} kv get greeting --endpoints {endpoints}");
     println!("  {zongheng} member list --endpoints {endpoints}");
     println!("  {zongheng} status --endpoints {endpoints}");
+    if args.store_partitions > 0 {
+        println!("  {zongheng} store put user/1 alice --endpoints {endpoints}");
+        println!("  {zongheng} store scan user/ --endpoints {endpoints}");
+        println!("  {zongheng} store status --endpoints {endpoints}");
+    }
     println!("  ETCDCTL_API=3 etcdctl --endpoints {endpoints} put foo bar");
     println!("  ETCDCTL_API=3 etcdctl --endpoints {endpoints} endpoint status -w table");
     println!();

@@ -8,6 +8,8 @@
 //! - `zongheng service register|list|watch`: a service registry.
 //! - `zongheng bench put|range|txn-put|watch|lease|mixed`: a load generator
 //!   for the etcd v3 API (etcd or zongheng), see [`bench`].
+//! - `zongheng store get|put|delete|scan|status` and `zongheng txn`: the
+//!   sharded data store and its transactions, see [`store`].
 //! - `zongheng lock|elect`: distributed locks (with fencing tokens) and
 //!   leader election, like `etcdctl lock|elect`.
 
@@ -21,6 +23,7 @@ pub mod lock;
 pub mod member;
 pub mod service;
 pub mod status;
+pub mod store;
 pub mod watch;
 
 use clap::{Parser, Subcommand};
@@ -60,4 +63,8 @@ pub enum Command {
     Lock(lock::LockArgs),
     /// Campaign to lead an election, or follow its leaders with --listen.
     Elect(elect::ElectArgs),
+    /// The sharded data store: get, put, delete, scan, status.
+    Store(store::StoreArgs),
+    /// An interactive transaction on the data store (commands on stdin).
+    Txn(store::TxnArgs),
 }

@@ -41,7 +41,7 @@ use zongheng_algo::{partition_of, PartitionId};
 
 use super::request::{PartitionRequest, PartitionResponse};
 use super::timestamp::Timestamp;
-use super::txn::{LockInfo, Mutation, TxnError, TxnStatus};
+use super::txn::{LockInfo, Mutation, Row, TxnError, TxnStatus};
 
 /// Lock TTL a transaction asks for unless told otherwise.
 pub const LOCK_TTL_MS_DEFAULT: u64 = 3_000;
@@ -52,6 +52,8 @@ pub const TXN_DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
 const RETRY_PAUSE_MAX: Duration = Duration::from_millis(100);
 /// First pause of the backoff.
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(5);
+/// Rows asked of one partition per scan request.
+pub const SCAN_PAGE_ROWS: usize = 1_000;
 
 /// Why a store operation failed, from the client's point of view.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -177,6 +179,60 @@ impl<'t, T: PartitionTransport> Transaction<'t, T> {
             PartitionResponse::Value(value) => Ok(value),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Keys in `[start, end)` (`end` empty: no upper bound) in this
+    /// transaction's snapshot, with its own writes applied, in key order, at
+    /// most `limit`. Hash partitioning scatters a range over every
+    /// partition: each is scanned (page by page, resolving locks) and the
+    /// answers are merged.
+    pub async fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Row>, StoreError> {
+        let in_range = |key: &[u8]| key >= start && (end.is_empty() || key < end);
+        // This transaction's deletes may hide stored rows: fetch that many more.
+        let deletes = self
+            .writes
+            .iter()
+            .filter(|(key, mutation)| in_range(key) && matches!(mutation, Mutation::Delete { .. }))
+            .count();
+        let wanted = limit.saturating_add(deletes);
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for partition in 0..self.transport.partitions() {
+            let mut cursor = start.to_vec();
+            loop {
+                let request = PartitionRequest::Scan {
+                    start: cursor.clone(),
+                    end: end.to_vec(),
+                    ts: self.start_ts,
+                    limit: SCAN_PAGE_ROWS,
+                };
+                let rows = match self.call_resolving(partition, request).await? {
+                    PartitionResponse::Rows(rows) => rows,
+                    other => return Err(unexpected(other)),
+                };
+                let full_page = rows.len() == SCAN_PAGE_ROWS;
+                if let Some((last, _)) = rows.last() {
+                    // The next page starts just after the last key.
+                    cursor = last.clone();
+                    cursor.push(0);
+                }
+                merged.extend(rows);
+                // A partition's keys beyond the `limit` smallest cannot be in the answer.
+                if !full_page || merged.range(..cursor.clone()).count() >= wanted {
+                    break;
+                }
+            }
+        }
+        for (key, mutation) in self.writes.iter().filter(|(key, _)| in_range(key)) {
+            match mutation {
+                Mutation::Put { value, .. } => {
+                    merged.insert(key.clone(), value.clone());
+                }
+                Mutation::Delete { .. } => {
+                    merged.remove(key);
+                }
+            }
+        }
+        Ok(merged.into_iter().take(limit).collect())
     }
 
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {

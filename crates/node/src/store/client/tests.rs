@@ -331,3 +331,27 @@ async fn a_reader_waits_out_a_dead_clients_lock_then_rolls_it_back() {
         "a commit after a rollback must fail"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn scan_merges_partitions_in_key_order_with_the_transactions_own_writes() {
+    let model = Model::new(9, 0);
+    let mut writer = Transaction::begin(&model, TxnOptions::default()).await.unwrap();
+    for index in 0..2_500 {
+        writer.put(format!("row/{index:05}"), format!("{index}"));
+    }
+    writer.put(b"other".to_vec(), b"x".to_vec());
+    writer.commit().await.unwrap();
+    let mut reader = Transaction::begin(&model, TxnOptions::default()).await.unwrap();
+    reader.delete(b"row/00001".to_vec());
+    reader.put(b"row/00001a".to_vec(), b"new".to_vec());
+    let rows = reader.scan(b"row/", b"row0", 5).await.unwrap();
+    let keys: Vec<String> = rows
+        .iter()
+        .map(|(key, _)| String::from_utf8(key.clone()).unwrap())
+        .collect();
+    assert_eq!(keys, ["row/00000", "row/00001a", "row/00002", "row/00003", "row/00004"]);
+    // More rows than one page per partition, all of them, in order.
+    let all = reader.scan(b"row/", b"row0", usize::MAX).await.unwrap();
+    assert_eq!(all.len(), 2_500);
+    assert!(all.windows(2).all(|pair| pair[0].0 < pair[1].0));
+}

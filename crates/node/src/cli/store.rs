@@ -1,0 +1,268 @@
+//! `zongheng store` and `zongheng txn`: the data store from the command line.
+//!
+//! - `store get KEY`, `store put KEY VALUE`, `store delete KEY`: one
+//!   snapshot-isolated transaction each;
+//! - `store scan PREFIX [--end KEY] [--limit N] [--count]`: keys in a prefix
+//!   (or `[PREFIX, END)`), gathered from every partition in key order;
+//! - `store status [--json]`: the shard map (partitions, replicas, leaders,
+//!   epochs);
+//! - `txn`: an interactive transaction read from standard input, one command
+//!   per line (`get K`, `put K V`, `delete K`, `scan PREFIX`, `commit`,
+//!   `rollback`), for trying snapshot isolation by hand in two terminals.
+
+use std::io::BufRead;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tonic::transport::Endpoint;
+
+use super::client::{display_bytes, json_line, parse_endpoints, print_output, ClientOptions};
+use crate::store::client::{Transaction, TxnOptions};
+use crate::store::remote::RemoteStore;
+
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    pub command: StoreCommand,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum StoreCommand {
+    /// Print a key's value (nothing, exit code 1, if it does not exist).
+    Get { key: String },
+    /// Set a key's value.
+    Put { key: String, value: String },
+    /// Delete a key.
+    Delete { key: String },
+    /// List the keys with a prefix (or in [PREFIX, --end)), in key order.
+    Scan {
+        prefix: String,
+        /// Exclusive end of the range instead of the prefix's end.
+        #[arg(long)]
+        end: Option<String>,
+        /// Most keys to print.
+        #[arg(long, default_value_t = 1_000)]
+        limit: usize,
+        /// Print only how many keys there are.
+        #[arg(long)]
+        count: bool,
+    },
+    /// Show the shard map: partitions, their replicas, leaders and epochs.
+    Status,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TxnArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+/// Connect to the endpoints' store service.
+async fn connect(options: &ClientOptions) -> anyhow::Result<RemoteStore> {
+    let endpoints = parse_endpoints(&options.endpoints).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let channels = endpoints
+        .iter()
+        .map(|endpoint| {
+            Endpoint::from_shared(endpoint.url.clone())
+                .map(|endpoint| endpoint.tcp_nodelay(true).connect_lazy())
+                .with_context(|| format!("bad endpoint {}", endpoint.display))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    RemoteStore::connect(channels)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot reach the data store at {}: {error}", options.endpoints))
+}
+
+/// The first key after every key with `prefix` (empty: no end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+#[derive(Serialize)]
+struct PartitionJson {
+    id: u32,
+    replicas: Vec<String>,
+    leader: String,
+    epoch: u64,
+}
+
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let store = connect(&args.client).await?;
+    let json = args.client.json;
+    match args.command {
+        StoreCommand::Get { key } => {
+            let txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            match txn.get(key.as_bytes()).await? {
+                Some(value) if json => print_output(&json_line(
+                    &serde_json::json!({"key": key, "value": display_bytes(&value)}),
+                ))?,
+                Some(value) => print_output(&format!("{}\n", display_bytes(&value)))?,
+                None => {
+                    if json {
+                        print_output(&json_line(&serde_json::json!({"key": key, "value": null})))?;
+                    }
+                    std::process::exit(1);
+                }
+            }
+        }
+        StoreCommand::Put { key, value } => {
+            let mut txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            txn.put(key.into_bytes(), value.into_bytes());
+            let commit_ts = txn.commit().await?;
+            if json {
+                print_output(&json_line(&serde_json::json!({"commit_ts": commit_ts.0})))?;
+            } else {
+                print_output("OK\n")?;
+            }
+        }
+        StoreCommand::Delete { key } => {
+            let mut txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            txn.delete(key.into_bytes());
+            let commit_ts = txn.commit().await?;
+            if json {
+                print_output(&json_line(&serde_json::json!({"commit_ts": commit_ts.0})))?;
+            } else {
+                print_output("OK\n")?;
+            }
+        }
+        StoreCommand::Scan {
+            prefix,
+            end,
+            limit,
+            count,
+        } => {
+            let start = prefix.as_bytes().to_vec();
+            let end = end.map(String::into_bytes).unwrap_or_else(|| prefix_end(&start));
+            if !end.is_empty() && end <= start {
+                bail!(
+                    "ZH_STORE_INVERTED_RANGE: the range end {:?} is not after its start {:?}",
+                    String::from_utf8_lossy(&end),
+                    prefix
+                );
+            }
+            let txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            let limit = if count { usize::MAX } else { limit };
+            let rows = txn.scan(&start, &end, limit).await?;
+            if count {
+                if json {
+                    print_output(&json_line(&serde_json::json!({"count": rows.len()})))?;
+                } else {
+                    print_output(&format!("{}\n", rows.len()))?;
+                }
+            } else {
+                let mut out = String::new();
+                for (key, value) in rows {
+                    if json {
+                        out += &json_line(
+                            &serde_json::json!({"key": display_bytes(&key), "value": display_bytes(&value)}),
+                        );
+                    } else {
+                        out += &format!("{}\n{}\n", display_bytes(&key), display_bytes(&value));
+                    }
+                }
+                print_output(&out)?;
+            }
+        }
+        StoreCommand::Status => {
+            let map = store.shard_map().await?;
+            let partitions: Vec<PartitionJson> = map
+                .partition_infos
+                .into_iter()
+                .map(|info| PartitionJson {
+                    id: info.id,
+                    replicas: info.replicas,
+                    leader: info.leader,
+                    epoch: info.epoch,
+                })
+                .collect();
+            if json {
+                print_output(&json_line(&serde_json::json!({ "partitions": partitions })))?;
+            } else {
+                let mut out = format!("{} partitions\n", map.partitions);
+                for partition in partitions {
+                    out += &format!(
+                        "partition {:>4}  epoch {}  leader {:<12} replicas {}\n",
+                        partition.id,
+                        partition.epoch,
+                        if partition.leader.is_empty() {
+                            "?"
+                        } else {
+                            &partition.leader
+                        },
+                        partition.replicas.join(",")
+                    );
+                }
+                print_output(&out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `zongheng txn`: one transaction, commands from standard input.
+pub async fn run_txn(args: TxnArgs) -> anyhow::Result<()> {
+    let store = connect(&args.client).await?;
+    let mut txn = Transaction::begin(&store, TxnOptions::default()).await?;
+    print_output(&format!("begin: start timestamp {}\n", txn.start_ts()))?;
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [] => continue,
+            ["get", key] => match txn.get(key.as_bytes()).await? {
+                Some(value) => print_output(&format!("{}\n", display_bytes(&value)))?,
+                None => print_output("(none)\n")?,
+            },
+            ["put", key, value] => {
+                txn.put(key.as_bytes().to_vec(), value.as_bytes().to_vec());
+                print_output("OK (buffered until commit)\n")?;
+            }
+            ["delete", key] => {
+                txn.delete(key.as_bytes().to_vec());
+                print_output("OK (buffered until commit)\n")?;
+            }
+            ["scan", prefix] => {
+                let start = prefix.as_bytes().to_vec();
+                for (key, value) in txn.scan(&start, &prefix_end(&start), 1_000).await? {
+                    print_output(&format!("{} = {}\n", display_bytes(&key), display_bytes(&value)))?;
+                }
+            }
+            ["commit"] => {
+                let commit_ts = txn.commit().await?;
+                print_output(&format!("committed at {commit_ts}\n"))?;
+                return Ok(());
+            }
+            ["rollback"] => {
+                print_output("rolled back (nothing was written)\n")?;
+                return Ok(());
+            }
+            _ => print_output(&format!(
+                "unknown command {line:?}; use get K, put K V, delete K, scan PREFIX, commit or rollback\n"
+            ))?,
+        }
+    }
+    bail!("standard input ended before commit: the transaction was not committed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"abc"), b"abd".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), Vec::<u8>::new());
+        assert_eq!(prefix_end(b""), Vec::<u8>::new());
+    }
+}
