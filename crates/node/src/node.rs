@@ -394,6 +394,14 @@ pub async fn start(
         std::time::Duration::from_millis(config.raft.election_timeout_ms),
         shutdown_signal.clone(),
     )));
+    // Partition groups start together too, and tie the same way.
+    for partition in store.all() {
+        tasks.push(tokio::spawn(crate::raft::tiebreak::run(
+            partition.raft.clone(),
+            std::time::Duration::from_millis(config.raft.election_timeout_ms),
+            shutdown_signal.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(crate::meta::lease::run_expiry(
         meta.clone(),
         meta.lease_clock.clone(),

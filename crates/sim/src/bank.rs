@@ -77,8 +77,13 @@ pub struct BankReport {
     pub faults: usize,
 }
 
+/// Most transfers one worker makes, however long the faults last.
+const TRANSFERS_PER_WORKER_MAX: usize = 2_000;
+
 #[derive(Default)]
 struct Shared {
+    /// The nemesis has healed everything.
+    faults_over: bool,
     report: BankReport,
     /// (primary key, start ts, commit ts) of every acknowledged commit.
     acknowledged: Vec<(Vec<u8>, Timestamp, Timestamp)>,
@@ -241,7 +246,11 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
             let store = connect(&names).await?;
             let _ = setup_signal.wait_for(|done| *done).await;
             let mut rng = StdRng::seed_from_u64(options.seed * 1_000 + worker as u64);
-            for _ in 0..options.transfers_per_worker {
+            // At least `transfers_per_worker`, and on until the faults are over.
+            for done in 0..TRANSFERS_PER_WORKER_MAX {
+                if done >= options.transfers_per_worker && shared.lock().unwrap().faults_over {
+                    break;
+                }
                 let from = rng.gen_range(0..options.accounts);
                 let to = (from + rng.gen_range(1..options.accounts)) % options.accounts;
                 let amount = rng.gen_range(1..=30);
@@ -281,10 +290,13 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
     {
         let nemesis = cluster.nemesis();
         let (names, shared, options, trace) = (names.clone(), shared.clone(), options.clone(), trace.clone());
+        let mut setup_signal = setup_signal.clone();
         sim.client("bank-nemesis", async move {
             let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed);
+            // Faults start once the accounts are open, so they hit the transfers.
+            let _ = setup_signal.wait_for(|done| *done).await;
             let started = tokio::time::Instant::now();
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1_000))).await;
             while started.elapsed() < options.fault_time {
                 let victim = names[rng.gen_range(0..names.len())].clone();
                 let others: Vec<String> = names.iter().filter(|name| **name != victim).cloned().collect();
@@ -304,6 +316,7 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2_000))).await;
             }
             trace.record("faults over");
+            shared.lock().unwrap().faults_over = true;
             Ok(())
         });
     }
