@@ -42,6 +42,9 @@ use crate::transport::SimTransport;
 #[derive(Debug, Clone)]
 pub struct BankOptions {
     pub seed: u64,
+    /// Initial members; with more than 3, a node may hold no replica of a
+    /// partition and forwards its requests to one that does.
+    pub nodes: usize,
     pub partitions: u32,
     pub accounts: usize,
     pub initial_balance: u64,
@@ -56,6 +59,7 @@ impl BankOptions {
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
+            nodes: 3,
             partitions: 4,
             accounts: 8,
             initial_balance: 100,
@@ -158,6 +162,7 @@ fn check_balances(balances: &[u64], options: &BankOptions, when: &str) -> Result
 /// One seeded run (see the module doc); `Err` names the violated property.
 pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, String> {
     let sim_options = SimOptions {
+        node_count: options.nodes,
         store_partitions: options.partitions,
         simulation_duration: options.fault_time + Duration::from_secs(240),
         ..SimOptions::new(options.seed)
