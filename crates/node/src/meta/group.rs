@@ -493,7 +493,8 @@ impl MetaGroup {
     /// confirms leadership and applies everything committed (so it sees the
     /// last committed mark), then starts its oracle above that mark; a mark
     /// the oracle asks for is committed before anything below it is handed
-    /// out. Allocations are serialized by the oracle's lock.
+    /// out; and every answer waits for a leadership confirmation. Allocations
+    /// are serialized by the oracle's lock.
     async fn timestamps_on_leader(&self, count: u32) -> Result<LeaderReply, MetaError> {
         let mut oracle = self.oracle.lock().await;
         let term = self.raft.metrics().borrow().current_term;
@@ -513,7 +514,16 @@ impl MetaGroup {
                 }
                 Err(OracleError::NotReady) => return Err(MetaError::NoLeader),
                 Ok(Allocation::Granted { first, count }) => {
-                    return Ok(LeaderReply::Timestamps { first: first.0, count })
+                    // A leader deposed without knowing it would still hand out
+                    // timestamps below its mark, smaller than those a new leader
+                    // already gave out: a transaction starting after another
+                    // committed could then miss its writes. Confirming
+                    // leadership with a quorum before answering rules that out
+                    // (any newer leader's timestamps come after this check, and
+                    // start above the committed mark). The check is batched with
+                    // the read index of linearizable reads.
+                    self.reads.read_index().await?;
+                    return Ok(LeaderReply::Timestamps { first: first.0, count });
                 }
                 Ok(Allocation::PersistFirst { high_water_ms }) => {
                     let command = MetaCommand::TimestampMark { high_water_ms };

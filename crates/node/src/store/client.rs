@@ -65,6 +65,10 @@ pub enum StoreError {
     /// key sent to the wrong partition).
     #[error(transparent)]
     Partition(super::app::PartitionError),
+    /// The node refused the request as malformed or impossible (no data
+    /// store, no such partition); retrying cannot help.
+    #[error("refused: {0}")]
+    Refused(String),
     /// Not applied: no route, no leader, connection refused. Safe to retry.
     #[error("partition unavailable: {0}")]
     Unavailable(String),
@@ -82,6 +86,7 @@ impl StoreError {
         match self {
             StoreError::Txn(error) => error.code(),
             StoreError::Partition(error) => error.code(),
+            StoreError::Refused(_) => "ZH_STORE_REFUSED",
             StoreError::Unavailable(_) => "ZH_STORE_UNAVAILABLE",
             StoreError::Unknown(_) => "ZH_STORE_OUTCOME_UNKNOWN",
             StoreError::Timeout => "ZH_TIMEOUT",
@@ -97,7 +102,7 @@ impl StoreError {
                 super::app::PartitionError::StaleEpoch { .. } | super::app::PartitionError::NotInitialized
             ),
             StoreError::Unavailable(_) | StoreError::Timeout => true,
-            StoreError::Unknown(_) => false,
+            StoreError::Unknown(_) | StoreError::Refused(_) => false,
         }
     }
 

@@ -133,8 +133,18 @@ impl PartitionTransport for RemoteStore {
                 self.rotate();
                 return Err(StoreError::Unavailable(status.message().to_string()));
             }
-            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
-                return Err(StoreError::Unavailable(format!("refused: {}", status.message())));
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted
+                ) =>
+            {
+                let code = status
+                    .metadata()
+                    .get(crate::server::status::ERROR_CODE_METADATA)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("ZH_STORE_REFUSED");
+                return Err(StoreError::Refused(format!("{code}: {}", status.message())));
             }
             Ok(Err(status)) => {
                 self.rotate();
