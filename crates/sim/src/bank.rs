@@ -11,7 +11,9 @@
 //!   and write-write conflicts stop two transfers from spending the same money);
 //! - **no acknowledged commit is lost**: after healing, every transaction whose
 //!   commit was acknowledged is reported committed by its primary key's
-//!   partition, at the acknowledged timestamp.
+//!   partition, at the acknowledged timestamp;
+//! - **timestamps follow real time**: an audit that begins after a commit was
+//!   acknowledged reads at a later timestamp (so it sees that commit).
 //!
 //! Clients talk to the cluster only through the store's gRPC API
 //! ([`RemoteStore`]), each worker from its own simulated host, so partitions
@@ -139,13 +141,14 @@ async fn transfer(
     Ok(Some((start_ts, txn.commit().await?)))
 }
 
-async fn audit(store: &RemoteStore, accounts: usize) -> Result<Vec<u64>, StoreError> {
+/// Every balance in one snapshot, and its start timestamp.
+async fn audit(store: &RemoteStore, accounts: usize) -> Result<(Timestamp, Vec<u64>), StoreError> {
     let txn = Transaction::begin(store, TxnOptions::default()).await?;
     let mut balances = Vec::with_capacity(accounts);
     for index in 0..accounts {
         balances.push(parse_balance(txn.get(&account(index)).await?).expect("balances are numbers"));
     }
-    Ok(balances)
+    Ok((txn.start_ts(), balances))
 }
 
 fn check_balances(balances: &[u64], options: &BankOptions, when: &str) -> Result<(), String> {
@@ -200,10 +203,23 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
             let _ = setup_done.send(true);
             let mut rng = StdRng::seed_from_u64(options.seed ^ 0xa0d1);
             loop {
-                let finished = shared.lock().unwrap().workers_done == options.workers;
+                let (finished, committed_before) = {
+                    let shared = shared.lock().unwrap();
+                    let latest = shared.acknowledged.iter().map(|(_, _, commit_ts)| *commit_ts).max();
+                    (shared.workers_done == options.workers, latest)
+                };
                 match audit(&store, options.accounts).await {
-                    Ok(balances) => {
+                    Ok((start_ts, balances)) => {
                         check_balances(&balances, &options, "an audit")?;
+                        // Timestamps follow real time: a snapshot taken after a
+                        // commit was acknowledged must include it.
+                        if let Some(commit_ts) = committed_before.filter(|commit_ts| start_ts <= *commit_ts) {
+                            return Err(format!(
+                                "an audit started after a commit at {commit_ts} was acknowledged, \
+                                 but its snapshot is at {start_ts}"
+                            )
+                            .into());
+                        }
                         shared.lock().unwrap().report.audits += 1;
                         if finished {
                             trace.record(format!("final balances {balances:?}"));
