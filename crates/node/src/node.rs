@@ -335,8 +335,18 @@ pub async fn start(
     ));
 
     let store = Arc::new(StoreGroups::default());
-    let placement = start_store_groups(&config, identity.node_id, bootstrap.is_some(), &engine, &pool, &store).await?;
-    let store_layout = Arc::new(crate::server::store::layout_of(&config, placement));
+    let store_record = store_layout_record(&config, &*engine, bootstrap.is_some())?;
+    let placement = start_store_groups(
+        &config,
+        &store_record,
+        identity.node_id,
+        bootstrap.is_some(),
+        &engine,
+        &pool,
+        &store,
+    )
+    .await?;
+    let store_layout = Arc::new(crate::server::store::layout_of(&store_record, placement));
 
     let (shutdown, shutdown_signal) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -493,24 +503,25 @@ pub async fn start(
 /// yet) are the next steps of issue 6.
 async fn start_store_groups(
     config: &NodeConfig,
+    record: &StoreLayoutRecord,
     node_id: u64,
     bootstrap: bool,
     engine: &Arc<dyn Engine>,
     pool: &Arc<PeerPool>,
     store: &StoreGroups,
 ) -> Result<Placement, NodeError> {
-    let partitions = config.store_partitions;
+    let partitions = record.partitions;
     if partitions == 0 {
         return Ok(Placement::default());
     }
-    let nodes: Vec<NodeSpec> = config
-        .initial_cluster
-        .keys()
-        .map(|name| NodeSpec::new(name, 1))
+    let nodes: Vec<NodeSpec> = record
+        .members
+        .values()
+        .map(|member| NodeSpec::new(&member.name, 1))
         .collect();
     let placement = place(&nodes, partitions, &PlacementConfig::default())
         .map_err(|error| NodeError::Raft(format!("placing the store's partitions: {error}")))?;
-    let members = bootstrap_members(config);
+    let members = &record.members;
     for (partition, replicas) in placement.replicas.iter().enumerate() {
         if !replicas.contains(&config.name) {
             continue;
@@ -554,12 +565,56 @@ async fn start_store_groups(
     Ok(placement)
 }
 
-/// Member id -> name for the initial members (see [`bootstrap_members`]).
-pub fn bootstrap_member_names(config: &NodeConfig) -> BTreeMap<u64, String> {
-    bootstrap_members(config)
-        .into_iter()
-        .map(|(id, member)| (id, member.name))
-        .collect()
+/// What the data store was created with, kept in the node's engine: P and
+/// the initial members the static placement is computed over. Written once
+/// when a member bootstraps a new cluster and read back on every restart
+/// (`--initial-cluster` and `--store-partitions` are ignored then, as for
+/// the identity). A member that joined later has none, holds no replica and
+/// answers store requests with "no data store" until the shard map lives in
+/// `meta` (issue 6).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct StoreLayoutRecord {
+    pub partitions: u32,
+    pub members: BTreeMap<u64, PeerNode>,
+}
+
+const STORE_LAYOUT_KEY: &str = "store-layout";
+
+fn store_layout_record(
+    config: &NodeConfig,
+    engine: &dyn Engine,
+    bootstrap: bool,
+) -> Result<StoreLayoutRecord, NodeError> {
+    let key = Key::Local {
+        name: STORE_LAYOUT_KEY.into(),
+    }
+    .encode();
+    if bootstrap {
+        let record = StoreLayoutRecord {
+            partitions: config.store_partitions,
+            members: bootstrap_members(config),
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(
+            key,
+            codec::encode(&record).map_err(|error| NodeError::Raft(error.to_string()))?,
+        );
+        engine.write(batch, Durability::Sync)?;
+        return Ok(record);
+    }
+    let record: StoreLayoutRecord = match engine.get(&key)? {
+        Some(bytes) => codec::decode(&bytes)
+            .map_err(|error| NodeError::Raft(format!("stored store layout is unreadable: {error}")))?,
+        None => StoreLayoutRecord::default(),
+    };
+    if record.partitions != config.store_partitions {
+        tracing::warn!(
+            stored = record.partitions,
+            flag = config.store_partitions,
+            "--store-partitions differs from what this member was created with; the stored value is used"
+        );
+    }
+    Ok(record)
 }
 
 /// Record this member's name and client URLs in `meta` once a leader exists,

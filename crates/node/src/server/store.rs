@@ -180,16 +180,25 @@ impl Store for StoreService {
     }
 }
 
-/// The layout of a node's configuration (static placement over the initial members).
-pub fn layout_of(config: &crate::config::NodeConfig, placement: Placement) -> StoreLayout {
+/// The layout of the store this member was created with.
+pub fn layout_of(record: &crate::node::StoreLayoutRecord, placement: Placement) -> StoreLayout {
     StoreLayout {
-        partitions: config.store_partitions,
+        partitions: record.partitions,
         placement,
-        peer_addresses: config
-            .initial_cluster
-            .iter()
-            .filter_map(|(name, urls)| urls.first().map(|url| (name.clone(), url_host_port(url))))
+        peer_addresses: record
+            .members
+            .values()
+            .filter_map(|member| {
+                member
+                    .peer_urls
+                    .first()
+                    .map(|url| (member.name.clone(), url_host_port(url)))
+            })
             .collect(),
-        names: crate::node::bootstrap_member_names(config),
+        names: record
+            .members
+            .iter()
+            .map(|(id, member)| (*id, member.name.clone()))
+            .collect(),
     }
 }
