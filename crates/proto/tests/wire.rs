@@ -318,6 +318,7 @@ fn grpc_method_paths_match_etcd() {
             &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
         ),
         ("zongheng.peer.v1.Peer", &["Raft", "Forward", "ReadIndex", "Members"]),
+        ("zongheng.store.v1.Store", &["Timestamp", "Partition", "ShardMap"]),
     ]
     .iter()
     .flat_map(|(service, methods)| methods.iter().map(move |m| format!("/{service}/{m}")))
