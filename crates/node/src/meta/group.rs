@@ -496,6 +496,21 @@ impl MetaGroup {
     /// out; and every answer waits for a leadership confirmation. Allocations
     /// are serialized by the oracle's lock.
     async fn timestamps_on_leader(&self, count: u32) -> Result<LeaderReply, MetaError> {
+        let (first, count) = self.allocate_timestamps(count).await?;
+        // A leader deposed without knowing it would still hand out
+        // timestamps below its mark, smaller than those a new leader
+        // already gave out: a transaction starting after another
+        // committed could then miss its writes. Confirming leadership with
+        // a quorum before answering rules that out (any newer leader's
+        // timestamps come after this check, and start above the committed
+        // mark). The oracle's lock is released first, so concurrent
+        // requests share one confirmation round with linearizable reads.
+        self.reads.read_index().await?;
+        Ok(LeaderReply::Timestamps { first: first.0, count })
+    }
+
+    /// The allocation part of [`MetaGroup::timestamps_on_leader`], under the oracle's lock.
+    async fn allocate_timestamps(&self, count: u32) -> Result<(Timestamp, u32), MetaError> {
         let mut oracle = self.oracle.lock().await;
         let term = self.raft.metrics().borrow().current_term;
         if oracle.as_ref().is_none_or(|(started, _)| *started != term) {
@@ -513,18 +528,7 @@ impl MetaGroup {
                     )))
                 }
                 Err(OracleError::NotReady) => return Err(MetaError::NoLeader),
-                Ok(Allocation::Granted { first, count }) => {
-                    // A leader deposed without knowing it would still hand out
-                    // timestamps below its mark, smaller than those a new leader
-                    // already gave out: a transaction starting after another
-                    // committed could then miss its writes. Confirming
-                    // leadership with a quorum before answering rules that out
-                    // (any newer leader's timestamps come after this check, and
-                    // start above the committed mark). The check is batched with
-                    // the read index of linearizable reads.
-                    self.reads.read_index().await?;
-                    return Ok(LeaderReply::Timestamps { first: first.0, count });
-                }
+                Ok(Allocation::Granted { first, count }) => return Ok((first, count)),
                 Ok(Allocation::PersistFirst { high_water_ms }) => {
                     let command = MetaCommand::TimestampMark { high_water_ms };
                     let (response, _) = self.proposer.propose(command).await?;

@@ -29,6 +29,10 @@ use crate::store::group::{group_of, ForwardedRequest, GroupError, PARTITION_REQU
 use crate::store::request::{PartitionRequest, PartitionResponse};
 use crate::store::StoreGroups;
 
+/// Pause between two passes over a partition's replicas when none served
+/// the request (no leader yet, or none reachable).
+const ROUTE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Largest serialized partition request (a prewrite of many mutations).
 pub const PARTITION_CALL_BYTES_MAX: usize = 16 * 1024 * 1024;
 
@@ -100,10 +104,10 @@ impl StoreService {
                     }
                 }
             }
-            if Instant::now() + std::time::Duration::from_millis(50) >= deadline {
+            if Instant::now() + ROUTE_RETRY_PAUSE >= deadline {
                 return Err(GroupError::NoLeader(partition));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
         }
     }
 }
