@@ -16,17 +16,21 @@
 //! - [`placement`]: partition → replica set over the live store nodes (the
 //!   *shelf*), with bounded load and distinct failure domains;
 //! - [`rebalance`]: the moves that take the current replica sets to the target
-//!   ones, repairs first, a bounded number at a time.
+//!   ones, repairs first, a bounded number at a time;
+//! - [`failure`]: failure detection by heartbeat timeout (COURSE.md V3), which
+//!   decides when a silent store node's replicas are re-created elsewhere.
 //!
 //! Why a separate crate: it has no dependency on tokio, openraft or the
 //! storage engine, so its tests run in milliseconds and the lab can link it
 //! without the node.
 
+pub mod failure;
 pub mod partition;
 pub mod placement;
 pub mod rebalance;
 pub mod ring;
 
+pub use failure::{DetectorConfig, FailureDetector, Liveness};
 pub use partition::{partition_of, PartitionId, PARTITIONS_DEFAULT, PARTITIONS_MAX};
 pub use placement::{place, NodeSpec, Placement, PlacementConfig, PlacementError};
 pub use rebalance::{apply_move, plan_moves, Move, Plan};

@@ -73,6 +73,24 @@ pub struct NodeArgs {
     /// (0: no data store). Each is a Raft group on up to 3 of the initial members.
     #[arg(long, env = "ZONGHENG_STORE_PARTITIONS")]
     pub store_partitions: Option<u32>,
+    /// Replicas per data-store partition (R), fixed when the cluster is created.
+    #[arg(long, env = "ZONGHENG_STORE_REPLICAS")]
+    pub store_replicas: Option<u32>,
+    /// This node's share of the data store's replicas, relative to the other
+    /// nodes (0: hold none; at most 64).
+    #[arg(long, env = "ZONGHENG_STORE_WEIGHT")]
+    pub store_weight: Option<u32>,
+    /// Failure domain (rack, zone, data centre): replicas of a partition go
+    /// to distinct zones while there are enough.
+    #[arg(long, env = "ZONGHENG_ZONE")]
+    pub zone: Option<String>,
+    /// Milliseconds of silence after which the meta leader declares a store
+    /// node dead and re-creates its replicas elsewhere.
+    #[arg(long, env = "ZONGHENG_STORE_DEAD_AFTER_MS")]
+    pub store_dead_after_ms: Option<u64>,
+    /// Most replica moves under way at once, cluster-wide.
+    #[arg(long, env = "ZONGHENG_STORE_MOVES_MAX")]
+    pub store_moves_max: Option<u32>,
 }
 
 /// Data-store partitions of a new cluster unless `--store-partitions` says
@@ -80,6 +98,43 @@ pub struct NodeArgs {
 /// (issue 6), every partition costs its own fsync per write and its own
 /// heartbeats, so the store is opt-in.
 pub const STORE_PARTITIONS_DEFAULT: u32 = 0;
+
+/// Replicas per partition unless `--store-replicas` says otherwise.
+pub const STORE_REPLICAS_DEFAULT: u32 = 3;
+/// A store node silent this long is dead (TiKV's `max-store-down-time` is
+/// 30 minutes; this store is smaller and copies faster).
+pub const STORE_DEAD_AFTER_MS_DEFAULT: u64 = 60_000;
+/// Shortest dead-after threshold: below a few election timeouts, a restart
+/// or a leader change would look like a death.
+pub const STORE_DEAD_AFTER_MS_MIN: u64 = 1_000;
+/// Replica moves under way at once unless `--store-moves-max` says otherwise.
+pub const STORE_MOVES_MAX_DEFAULT: u32 = 4;
+/// Largest `--store-moves-max`.
+pub const STORE_MOVES_MAX_LIMIT: u32 = 64;
+
+/// How this node takes part in the data store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// R, used when this node creates the store.
+    pub replicas: u32,
+    pub weight: u32,
+    pub zone: Option<String>,
+    /// Used while this node is the meta leader (see `store::driver`).
+    pub dead_after_ms: u64,
+    pub moves_max: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            replicas: STORE_REPLICAS_DEFAULT,
+            weight: 1,
+            zone: None,
+            dead_after_ms: STORE_DEAD_AFTER_MS_DEFAULT,
+            moves_max: STORE_MOVES_MAX_DEFAULT,
+        }
+    }
+}
 
 /// Whether this node bootstraps a new cluster or joins an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +160,7 @@ pub struct NodeConfig {
     pub limits: ClientLimits,
     /// P, the data store's partition count (0: no data store).
     pub store_partitions: u32,
+    pub store: StoreSettings,
 }
 
 /// What is wrong with a configuration, and what to change.
@@ -212,6 +268,11 @@ impl NodeArgs {
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
             max_key_bytes: self.max_key_bytes.or(lower.max_key_bytes),
             store_partitions: self.store_partitions.or(lower.store_partitions),
+            store_replicas: self.store_replicas.or(lower.store_replicas),
+            store_weight: self.store_weight.or(lower.store_weight),
+            zone: self.zone.or(lower.zone),
+            store_dead_after_ms: self.store_dead_after_ms.or(lower.store_dead_after_ms),
+            store_moves_max: self.store_moves_max.or(lower.store_moves_max),
         }
     }
 }
@@ -240,6 +301,7 @@ impl NodeConfig {
 
     /// Apply defaults to `args` and validate.
     pub fn from_args(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
+        let store = store_settings(&args)?;
         let name = args.name.unwrap_or_else(|| "default".to_string());
         if name.is_empty() {
             return Err(ConfigError::EmptyName);
@@ -361,8 +423,60 @@ impl NodeConfig {
             },
             limits,
             store_partitions,
+            store,
         })
     }
+}
+
+fn store_settings(args: &NodeArgs) -> Result<StoreSettings, ConfigError> {
+    let defaults = StoreSettings::default();
+    let at_most = |flag: &'static str, value: u64, max: u64| {
+        if value > max {
+            Err(ConfigError::TooLarge { flag, value, max })
+        } else {
+            Ok(())
+        }
+    };
+    let at_least = |flag: &'static str, value: u64, min: u64| {
+        if value < min {
+            Err(ConfigError::TooSmall { flag, value, min })
+        } else {
+            Ok(())
+        }
+    };
+    let replicas = args.store_replicas.unwrap_or(defaults.replicas);
+    at_least("store-replicas", u64::from(replicas), 1)?;
+    at_most(
+        "store-replicas",
+        u64::from(replicas),
+        zongheng_algo::placement::REPLICAS_MAX as u64,
+    )?;
+    let weight = args.store_weight.unwrap_or(defaults.weight);
+    at_most(
+        "store-weight",
+        u64::from(weight),
+        u64::from(zongheng_algo::placement::WEIGHT_MAX),
+    )?;
+    let zone = args.zone.clone().filter(|zone| !zone.is_empty());
+    if let Some(zone) = &zone {
+        at_most(
+            "zone",
+            zone.len() as u64,
+            crate::store::shard_map::ZONE_BYTES_MAX as u64,
+        )?;
+    }
+    let dead_after_ms = args.store_dead_after_ms.unwrap_or(defaults.dead_after_ms);
+    at_least("store-dead-after-ms", dead_after_ms, STORE_DEAD_AFTER_MS_MIN)?;
+    let moves_max = args.store_moves_max.unwrap_or(defaults.moves_max);
+    at_least("store-moves-max", u64::from(moves_max), 1)?;
+    at_most("store-moves-max", u64::from(moves_max), u64::from(STORE_MOVES_MAX_LIMIT))?;
+    Ok(StoreSettings {
+        replicas,
+        weight,
+        zone,
+        dead_after_ms,
+        moves_max,
+    })
 }
 
 #[cfg(test)]

@@ -92,6 +92,7 @@ impl Cluster {
                 raft: RaftSettings::default(),
                 limits: ClientLimits::default(),
                 store_partitions: 0,
+                store: Default::default(),
             });
             let started = futures::future::join_all(
                 configs.map(|config| start(config, Arc::new(TcpTransport), Arc::new(MemEngine::new()))),

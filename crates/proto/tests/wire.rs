@@ -317,7 +317,7 @@ fn grpc_method_paths_match_etcd() {
             "v3electionpb.Election",
             &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
         ),
-        ("zongheng.peer.v1.Peer", &["Raft", "Forward", "ReadIndex", "Members"]),
+        ("zongheng.peer.v1.Peer", &["Raft", "Forward", "ReadIndex", "Members", "ReplicaStatus"]),
         ("zongheng.store.v1.Store", &["Timestamp", "Partition", "ShardMap"]),
     ]
     .iter()

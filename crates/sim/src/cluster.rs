@@ -79,6 +79,8 @@ pub struct SimOptions {
     pub audit_disk: bool,
     /// Data-store partitions (`--store-partitions`; 0: no data store).
     pub store_partitions: u32,
+    /// Every node's store settings (dead-after threshold, moves at once).
+    pub store: zongheng::config::StoreSettings,
 }
 
 impl SimOptions {
@@ -102,6 +104,7 @@ impl SimOptions {
             max_message_latency: Duration::from_millis(10),
             audit_disk: true,
             store_partitions: 0,
+            store: zongheng::config::StoreSettings::default(),
         }
     }
 }
@@ -423,6 +426,7 @@ fn node_config(options: &SimOptions, hosts: &[String], name: &str) -> NodeConfig
         raft: options.raft.clone(),
         limits: ClientLimits::default(),
         store_partitions: options.store_partitions,
+        store: options.store.clone(),
     }
 }
 

@@ -198,6 +198,34 @@ impl Key {
         (start, end)
     }
 
+    /// `[start, end)` ranges that together cover every key of `group`: its
+    /// vote, committed and purged log ids, log, snapshot and state machine.
+    /// Deleting them all forgets the group, as if this node never held it.
+    pub fn group_ranges(group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        [
+            TAG_RAFT_VOTE,
+            TAG_RAFT_COMMITTED,
+            TAG_RAFT_PURGED,
+            TAG_RAFT_LOG,
+            TAG_SNAPSHOT_META,
+            TAG_SNAPSHOT_CHUNK,
+            TAG_STATE_MACHINE,
+        ]
+        .into_iter()
+        .map(|tag| {
+            let start = tagged_u64(tag, group);
+            let end = prefix_end(&start);
+            (start, end)
+        })
+        .collect()
+    }
+
+    /// `[start, end)` covering the vote keys of groups `first_group..`: a
+    /// scan of it lists the groups that ever voted or were voted for here.
+    pub fn raft_vote_range_from(first_group: u64) -> (Vec<u8>, Vec<u8>) {
+        (tagged_u64(TAG_RAFT_VOTE, first_group), vec![TAG_RAFT_VOTE + 1])
+    }
+
     /// `[start, end)` covering the log entries of `group` with index `<=
     /// index_inclusive`: the range to delete when purging a prefix.
     pub fn raft_log_range_upto(group: u64, index_inclusive: u64) -> (Vec<u8>, Vec<u8>) {
@@ -225,6 +253,20 @@ fn raft_log_group_end(group: u64) -> Vec<u8> {
         Ordering::Greater
     );
     end
+}
+
+/// The first byte string after every string that starts with `prefix`
+/// (`prefix` with its last non-0xFF byte incremented and the rest dropped).
+/// Every caller's prefix starts with a tag below 0xFF, so it exists.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last != 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    unreachable!("key prefixes start with a tag below 0xFF")
 }
 
 fn tagged_u64(tag: u8, value: u64) -> Vec<u8> {
@@ -437,5 +479,44 @@ mod tests {
             let error = Key::decode(bytes).unwrap_err();
             assert_eq!(error.code(), "STORAGE_BAD_KEY", "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn group_ranges_cover_every_key_of_the_group_and_nothing_else() {
+        for group in [0, 1, 1_000, u64::MAX - 1, u64::MAX] {
+            let mine = [
+                Key::RaftVote { group },
+                Key::RaftCommitted { group },
+                Key::RaftPurged { group },
+                Key::RaftLog { group, index: 0 },
+                Key::RaftLog { group, index: u64::MAX },
+                Key::SnapshotMeta { group },
+                Key::SnapshotChunk { group, chunk: u32::MAX },
+                Key::StateMachine { group, key: vec![0xFF; 9] },
+            ];
+            let neighbour = group.wrapping_add(1);
+            let others = [
+                Key::RaftVote { group: neighbour },
+                Key::RaftLog { group: neighbour, index: 0 },
+                Key::StateMachine { group: neighbour, key: vec![] },
+                Key::Local { name: "identity".into() },
+            ];
+            let ranges = Key::group_ranges(group);
+            let covered = |key: &Key| {
+                let bytes = key.encode();
+                ranges.iter().any(|(start, end)| *start <= bytes && bytes < *end)
+            };
+            for key in &mine {
+                assert!(covered(key), "{key:?} is not covered for group {group}");
+            }
+            for key in &others {
+                assert!(!covered(key), "{key:?} is covered for group {group}");
+            }
+        }
+        let (start, end) = Key::raft_vote_range_from(1_000);
+        let vote = Key::RaftVote { group: 1_001 }.encode();
+        assert!(start <= vote && vote < end);
+        assert!(Key::RaftVote { group: 999 }.encode() < start);
+        assert!(Key::RaftCommitted { group: 0 }.encode() >= end);
     }
 }

@@ -11,6 +11,7 @@ use super::mvcc::Mvcc;
 use super::MetaRaftConfig;
 use crate::raft::codec::{self, CodecError};
 use crate::raft::Application;
+use crate::store::shard_map::ShardMap;
 
 /// What a member published about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub struct MetaApp {
     pub members: BTreeMap<u64, MemberAttributes>,
     /// The timestamp oracle's committed high-water mark, in physical ms.
     pub timestamp_high_water_ms: u64,
+    /// Where the data store's partitions live.
+    pub shard_map: ShardMap,
 }
 
 impl Application for MetaApp {
@@ -78,11 +81,18 @@ impl MetaApp {
             }
             MetaCommand::ForgetMember { id } => {
                 self.members.remove(id);
+                self.shard_map.forget_node(*id);
                 Ok(MetaResponse::Done)
             }
             MetaCommand::TimestampMark { high_water_ms } => {
                 self.timestamp_high_water_ms = self.timestamp_high_water_ms.max(*high_water_ms);
                 Ok(MetaResponse::Done)
+            }
+            MetaCommand::Store(command) => {
+                return match self.shard_map.apply(command) {
+                    Ok(()) => MetaResponse::Done,
+                    Err(error) => MetaResponse::StoreRefused(error),
+                }
             }
             MetaCommand::Batch(commands) => Ok(MetaResponse::Batch(
                 commands.iter().map(|command| self.apply_command(command)).collect(),

@@ -11,6 +11,7 @@ use zongheng_proto::etcdserverpb::{
 };
 
 use super::mvcc::MvccError;
+use crate::store::shard_map::{ShardMapCommand, ShardMapError};
 
 /// One entry of the `meta` log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +47,8 @@ pub enum MetaCommand {
     TimestampMark {
         high_water_ms: u64,
     },
+    /// A change to the data store's shard map (see `store::shard_map`).
+    Store(ShardMapCommand),
 }
 
 impl MetaCommand {
@@ -62,6 +65,7 @@ impl MetaCommand {
             MetaCommand::ForgetMember { .. } => "forget_member",
             MetaCommand::Batch(_) => "batch",
             MetaCommand::TimestampMark { .. } => "timestamp_mark",
+            MetaCommand::Store(_) => "store",
         }
     }
 }
@@ -89,4 +93,6 @@ pub enum MetaResponse {
     Refused(MvccError),
     /// One response per command of a [`MetaCommand::Batch`], in order.
     Batch(Vec<MetaResponse>),
+    /// The shard map refused a [`MetaCommand::Store`] command; nothing changed.
+    StoreRefused(ShardMapError),
 }

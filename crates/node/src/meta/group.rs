@@ -61,6 +61,8 @@ pub enum MetaError {
     Stopped,
     #[error("{0}")]
     Refused(MvccError),
+    #[error("{0}")]
+    Store(crate::store::shard_map::ShardMapError),
     #[error("member not found")]
     MemberNotFound,
     #[error("Peer URLs already exists")]
@@ -234,6 +236,7 @@ impl MetaGroup {
         self.wait_applied(index, REQUEST_TIMEOUT).await?;
         match response {
             MetaResponse::Refused(error) => Err(MetaError::Refused(error)),
+            MetaResponse::StoreRefused(error) => Err(MetaError::Store(error)),
             response => Ok(response),
         }
     }

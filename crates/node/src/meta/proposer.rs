@@ -188,6 +188,7 @@ async fn propose(raft: &Raft<MetaRaftConfig>, mut batch: Vec<Proposal>) {
 /// About how many bytes `command` takes in the log (its request's protobuf
 /// size; small fixed-size commands count a little).
 fn approximate_size(command: &MetaCommand) -> usize {
+    use crate::store::shard_map::ShardMapCommand;
     const SMALL: usize = 32;
     match command {
         MetaCommand::Put(request) => request.encoded_len(),
@@ -198,7 +199,13 @@ fn approximate_size(command: &MetaCommand) -> usize {
             SMALL + name.len() + client_urls.iter().map(String::len).sum::<usize>()
         }
         MetaCommand::Batch(commands) => commands.iter().map(approximate_size).sum(),
-        MetaCommand::LeaseGrant { .. }
+        MetaCommand::Store(ShardMapCommand::Create { replicas, .. }) => {
+            SMALL + replicas.iter().map(|set| 8 * set.len()).sum::<usize>()
+        }
+        MetaCommand::Store(ShardMapCommand::ReportReplicas { voters, .. }) => SMALL + 8 * voters.len(),
+        MetaCommand::Store(ShardMapCommand::Register { zone, .. }) => SMALL + zone.as_ref().map_or(0, String::len),
+        MetaCommand::Store(_)
+        | MetaCommand::LeaseGrant { .. }
         | MetaCommand::LeaseRevoke { .. }
         | MetaCommand::ForgetMember { .. }
         | MetaCommand::TimestampMark { .. } => SMALL,

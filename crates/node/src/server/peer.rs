@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use zongheng_proto::peer::peer_server::Peer;
 use zongheng_proto::peer::{
     ForwardReply, ForwardRequest, MembersReply, MembersRequest, PeerMember, RaftKind, RaftReply, RaftRequest,
-    ReadIndexReply, ReadIndexRequest,
+    ReadIndexReply, ReadIndexRequest, ReplicaStatusReply, ReplicaStatusRequest,
 };
 
 use crate::meta::group::{LeaderCall, REQUEST_TIMEOUT};
@@ -278,5 +278,32 @@ impl Peer for PeerService {
             members,
             leader_id: group.current_leader().unwrap_or(0),
         }))
+    }
+
+    async fn replica_status(
+        &self,
+        request: Request<ReplicaStatusRequest>,
+    ) -> Result<Response<ReplicaStatusReply>, Status> {
+        let request = request.into_inner();
+        let Some(partition) = self.partition_group(request.group_id) else {
+            return Err(Status::invalid_argument(format!(
+                "zongheng: group {} is not a data-store partition",
+                request.group_id
+            )));
+        };
+        let partition = partition?;
+        let reply = match partition.replica_status(request.node_id).await {
+            Ok(member) => ReplicaStatusReply {
+                leader_id: partition.node_id,
+                confirmed: true,
+                member,
+            },
+            Err(_) => ReplicaStatusReply {
+                leader_id: partition.current_leader().unwrap_or(0),
+                confirmed: false,
+                member: false,
+            },
+        };
+        Ok(Response::new(reply))
     }
 }

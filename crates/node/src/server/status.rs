@@ -137,6 +137,18 @@ impl From<MetaError> for Status {
             MetaError::Timeout => status(Code::Unavailable, "etcdserver: request timed out", "ZH_TIMEOUT"),
             MetaError::Stopped => status(Code::Unavailable, "etcdserver: server stopped", "ZH_STOPPED"),
             MetaError::Refused(mvcc) => mvcc.into(),
+            MetaError::Store(error) => {
+                use crate::store::shard_map::ShardMapError;
+                let code = match error {
+                    ShardMapError::NotCreated | ShardMapError::StaleEpoch { .. } | ShardMapError::MoveInProgress(_) => {
+                        Code::Unavailable
+                    }
+                    ShardMapError::UnknownNode(_) | ShardMapError::NoSuchPartition { .. } => Code::NotFound,
+                    ShardMapError::AlreadyCreated => Code::AlreadyExists,
+                    ShardMapError::Invalid(_) => Code::InvalidArgument,
+                };
+                status(code, format!("zongheng: {error}"), error.code())
+            }
             MetaError::MemberNotFound => status(Code::NotFound, "etcdserver: member not found", "ZH_MEMBER_NOT_FOUND"),
             MetaError::PeerUrlExists => status(
                 Code::FailedPrecondition,

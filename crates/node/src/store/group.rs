@@ -222,6 +222,38 @@ impl PartitionGroup {
         reply.data.map(|_| ()).map_err(GroupError::from)
     }
 
+    /// Whether `node` is a voter or learner of this group, in the committed
+    /// or the pending membership, answered only where this replica leads
+    /// and after confirming that with a quorum (see `store::agent`: a
+    /// replica deletes its data only on a confirmed "no").
+    pub async fn replica_status(&self, node: u64) -> Result<bool, GroupError> {
+        match self.raft.get_read_log_id().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                return Err(GroupError::NotLeader {
+                    partition: self.partition,
+                    leader: forward.leader_id,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => return Err(GroupError::Timeout),
+            Err(RaftError::Fatal(_)) => return Err(GroupError::Stopped),
+        }
+        let pending = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().get_node(&node).is_some()
+        };
+        let committed = self
+            .state
+            .read()
+            .expect("state machine lock poisoned")
+            .last_membership
+            .membership()
+            .get_node(&node)
+            .is_some();
+        Ok(pending || committed)
+    }
+
     /// Confirm leadership with a quorum and wait until this replica applied
     /// everything in its log at that moment (see `meta::read_index` for why
     /// the last log index, not only openraft's read log id).

@@ -18,6 +18,7 @@ pub mod client;
 pub mod group;
 pub mod remote;
 pub mod request;
+pub mod shard_map;
 pub mod timestamp;
 pub mod txn;
 
