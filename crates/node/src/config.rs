@@ -469,7 +469,11 @@ fn store_settings(args: &NodeArgs) -> Result<StoreSettings, ConfigError> {
     at_least("store-dead-after-ms", dead_after_ms, STORE_DEAD_AFTER_MS_MIN)?;
     let moves_max = args.store_moves_max.unwrap_or(defaults.moves_max);
     at_least("store-moves-max", u64::from(moves_max), 1)?;
-    at_most("store-moves-max", u64::from(moves_max), u64::from(STORE_MOVES_MAX_LIMIT))?;
+    at_most(
+        "store-moves-max",
+        u64::from(moves_max),
+        u64::from(STORE_MOVES_MAX_LIMIT),
+    )?;
     Ok(StoreSettings {
         replicas,
         weight,

@@ -52,10 +52,7 @@ use crate::server::lease::LeaseService;
 use crate::server::lock::LockService;
 use crate::server::peer::PeerService;
 use crate::server::watch::WatchService;
-use crate::store::app::PartitionApp;
-use crate::store::group::{group_of, PartitionGroup};
 use crate::store::StoreGroups;
-use zongheng_algo::{place, NodeSpec, PartitionId, Placement, PlacementConfig};
 
 /// Most open client connections per node (each costs buffers and a task).
 pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
@@ -336,18 +333,6 @@ pub async fn start(
 
     let store = Arc::new(StoreGroups::default());
     let store_record = store_layout_record(&config, &*engine, bootstrap.is_some())?;
-    let placement = start_store_groups(
-        &config,
-        &store_record,
-        identity.node_id,
-        bootstrap.is_some(),
-        &engine,
-        &pool,
-        &store,
-    )
-    .await?;
-    let store_layout = Arc::new(crate::server::store::layout_of(&store_record, placement));
-
     let (shutdown, shutdown_signal) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -404,14 +389,34 @@ pub async fn start(
         std::time::Duration::from_millis(config.raft.election_timeout_ms),
         shutdown_signal.clone(),
     )));
-    // Partition groups start together too, and tie the same way.
-    for partition in store.all() {
-        tasks.push(tokio::spawn(crate::raft::tiebreak::run(
-            partition.raft.clone(),
-            std::time::Duration::from_millis(config.raft.election_timeout_ms),
-            shutdown_signal.clone(),
-        )));
-    }
+    // The data store: this node's replicas follow the shard map (the
+    // agent); while this node leads `meta`, it also decides placement (the
+    // driver). Partition groups get the split-vote tiebreak when opened.
+    tasks.push(tokio::spawn(crate::store::agent::run(
+        crate::store::agent::AgentContext {
+            node_id: identity.node_id,
+            meta: meta.clone(),
+            groups: store.clone(),
+            engine: engine.clone(),
+            pool: pool.clone(),
+            raft: config.raft.clone(),
+            cluster_token: config.initial_cluster_token.clone(),
+            creates_store: store_record.partitions > 0,
+            weight: config.store.weight,
+            zone: config.store.zone.clone(),
+        },
+        shutdown_signal.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::store::driver::run(
+        crate::store::driver::DriverContext {
+            node_id: identity.node_id,
+            meta: meta.clone(),
+            pool: pool.clone(),
+            partitions: store_record.partitions,
+            settings: config.store.clone(),
+        },
+        shutdown_signal.clone(),
+    )));
     tasks.push(tokio::spawn(crate::meta::lease::run_expiry(
         meta.clone(),
         meta.lease_clock.clone(),
@@ -421,7 +426,7 @@ pub async fn start(
     let lock_service = LockService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
     let election_service = ElectionService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
     let store_service =
-        crate::server::store::StoreService::new(meta.clone(), store.clone(), store_layout, pool.clone());
+        crate::server::store::StoreService::new(meta.clone(), store.clone(), store_record.partitions, pool.clone());
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let routes = tonic::service::Routes::new(
@@ -492,90 +497,16 @@ pub async fn start(
     })
 }
 
-/// Start this node's replicas of the data store's partitions.
-///
-/// For now placement is static: computed with [`zongheng_algo::place`] over
-/// the initial members (weight 1 each, 3 replicas), so every member derives
-/// the same replica sets without talking, and derives them again on restart
-/// from the same flags. A new cluster's replicas each call `initialize` with
-/// their partition's replica set, as the `meta` members do. The shard map in
-/// `meta`, replica moves and members added later (which hold no partition
-/// yet) are the next steps of issue 6.
-async fn start_store_groups(
-    config: &NodeConfig,
-    record: &StoreLayoutRecord,
-    node_id: u64,
-    bootstrap: bool,
-    engine: &Arc<dyn Engine>,
-    pool: &Arc<PeerPool>,
-    store: &StoreGroups,
-) -> Result<Placement, NodeError> {
-    let partitions = record.partitions;
-    if partitions == 0 {
-        return Ok(Placement::default());
-    }
-    let nodes: Vec<NodeSpec> = record
-        .members
-        .values()
-        .map(|member| NodeSpec::new(&member.name, 1))
-        .collect();
-    let placement = place(&nodes, partitions, &PlacementConfig::default())
-        .map_err(|error| NodeError::Raft(format!("placing the store's partitions: {error}")))?;
-    let members = &record.members;
-    for (partition, replicas) in placement.replicas.iter().enumerate() {
-        if !replicas.contains(&config.name) {
-            continue;
-        }
-        let partition = partition as PartitionId;
-        let group = group_of(partition);
-        let raft_config = config
-            .raft
-            .openraft_config(&format!("{}/partition/{partition}", config.initial_cluster_token))
-            .map_err(|error| NodeError::Raft(error.to_string()))?;
-        let log_store = LogStore::new(engine.clone(), group);
-        let state_machine = StateMachineStore::<PartitionApp>::open(engine.clone(), group)
-            .map_err(|error| NodeError::Raft(error.to_string()))?;
-        let shared = state_machine.shared();
-        // Partition replicas are never told they were removed yet (no moves).
-        let (removed, _) = watch::channel(false);
-        let network = NetworkFactory::new(pool.clone(), group, Arc::new(removed));
-        let raft = Raft::new(node_id, Arc::new(raft_config), network, log_store, state_machine)
-            .await
-            .map_err(|error| NodeError::Raft(error.to_string()))?;
-        if bootstrap {
-            let replica_set: BTreeMap<u64, PeerNode> = members
-                .iter()
-                .filter(|(_, member)| replicas.contains(&member.name))
-                .map(|(id, member)| (*id, member.clone()))
-                .collect();
-            if let Err(error) = raft.initialize(replica_set).await {
-                tracing::info!(partition, %error, "partition already initialized");
-            }
-        }
-        store.insert(Arc::new(PartitionGroup::new(
-            partition,
-            partitions,
-            node_id,
-            raft,
-            shared,
-            pool.clone(),
-        )));
-    }
-    tracing::info!(replicas = store.all().len(), partitions, "store partitions started");
-    Ok(placement)
-}
-
-/// What the data store was created with, kept in the node's engine: P and
-/// the initial members the static placement is computed over. Written once
+/// What this member was told to create the data store with: P. Written once
 /// when a member bootstraps a new cluster and read back on every restart
-/// (`--initial-cluster` and `--store-partitions` are ignored then, as for
-/// the identity). A member that joined later has none, holds no replica and
-/// answers store requests with "no data store" until the shard map lives in
-/// `meta` (issue 6).
+/// (`--store-partitions` is ignored then, as `--initial-cluster` is for the
+/// identity). The store itself, once created, lives in `meta`'s shard map;
+/// this record only says whether this member may create it (while it leads
+/// `meta`) and whether a cluster without a map is still creating its store
+/// or has none. A member that joined later has P = 0 here.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct StoreLayoutRecord {
     pub partitions: u32,
-    pub members: BTreeMap<u64, PeerNode>,
 }
 
 const STORE_LAYOUT_KEY: &str = "store-layout";
@@ -592,7 +523,6 @@ fn store_layout_record(
     if bootstrap {
         let record = StoreLayoutRecord {
             partitions: config.store_partitions,
-            members: bootstrap_members(config),
         };
         let mut batch = WriteBatch::new();
         batch.put(

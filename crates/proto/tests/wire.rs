@@ -317,8 +317,14 @@ fn grpc_method_paths_match_etcd() {
             "v3electionpb.Election",
             &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
         ),
-        ("zongheng.peer.v1.Peer", &["Raft", "Forward", "ReadIndex", "Members", "ReplicaStatus"]),
-        ("zongheng.store.v1.Store", &["Timestamp", "Partition", "ShardMap"]),
+        (
+            "zongheng.peer.v1.Peer",
+            &["Raft", "Forward", "ReadIndex", "Members", "ReplicaStatus"],
+        ),
+        (
+            "zongheng.store.v1.Store",
+            &["Timestamp", "Partition", "ShardMap", "Drain"],
+        ),
     ]
     .iter()
     .flat_map(|(service, methods)| methods.iter().map(move |m| format!("/{service}/{m}")))

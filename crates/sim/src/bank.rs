@@ -115,7 +115,15 @@ async fn connect(names: &[String]) -> Result<RemoteStore, String> {
         .collect();
     // The cluster may still be electing: try for a while.
     for _ in 0..100 {
-        match RemoteStore::connect(channels.clone()).await {
+        // Requests go straight to partition leaders, as the CLI's do.
+        let dialer: zongheng::store::remote::Dialer = Arc::new(|url: &str| {
+            let address = url
+                .split_once("://")
+                .map_or(url, |(_, rest)| rest)
+                .trim_end_matches('/');
+            Some(channel(Arc::new(SimTransport::default()), address))
+        });
+        match RemoteStore::connect_with(channels.clone(), Some(dialer)).await {
             Ok(store) => return Ok(store),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }

@@ -492,14 +492,25 @@ mod tests {
                 Key::RaftLog { group, index: u64::MAX },
                 Key::SnapshotMeta { group },
                 Key::SnapshotChunk { group, chunk: u32::MAX },
-                Key::StateMachine { group, key: vec![0xFF; 9] },
+                Key::StateMachine {
+                    group,
+                    key: vec![0xFF; 9],
+                },
             ];
             let neighbour = group.wrapping_add(1);
             let others = [
                 Key::RaftVote { group: neighbour },
-                Key::RaftLog { group: neighbour, index: 0 },
-                Key::StateMachine { group: neighbour, key: vec![] },
-                Key::Local { name: "identity".into() },
+                Key::RaftLog {
+                    group: neighbour,
+                    index: 0,
+                },
+                Key::StateMachine {
+                    group: neighbour,
+                    key: vec![],
+                },
+                Key::Local {
+                    name: "identity".into(),
+                },
             ];
             let ranges = Key::group_ranges(group);
             let covered = |key: &Key| {

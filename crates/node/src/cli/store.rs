@@ -11,6 +11,7 @@
 //!   `rollback`), for trying snapshot isolation by hand in two terminals.
 
 use std::io::BufRead;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -70,7 +71,19 @@ async fn connect(options: &ClientOptions) -> anyhow::Result<RemoteStore> {
                 .with_context(|| format!("bad endpoint {}", endpoint.display))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    RemoteStore::connect(channels)
+    // Requests go straight to each partition's leader once the shard map is
+    // known; the endpoints are the way in and the fallback.
+    let dialer: crate::store::remote::Dialer = Arc::new(|url: &str| {
+        let url = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
+        Endpoint::from_shared(url)
+            .ok()
+            .map(|endpoint| endpoint.tcp_nodelay(true).connect_lazy())
+    });
+    RemoteStore::connect_with(channels, Some(dialer))
         .await
         .map_err(|error| anyhow::anyhow!("cannot reach the data store at {}: {error}", options.endpoints))
 }

@@ -15,7 +15,7 @@
 //!   so followers serve linearizable reads without moving the data.
 //! - **Serializable reads** read the local state as it is (possibly stale).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,6 +213,30 @@ impl MetaGroup {
 
     pub fn current_leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// Member `id` as Raft membership records it (its peer URLs).
+    pub fn peer_node(&self, id: u64) -> Option<PeerNode> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Every member (voters and learners) as Raft membership records it.
+    pub fn peer_nodes(&self) -> BTreeMap<u64, PeerNode> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect()
+    }
+
+    /// The voters of `meta`.
+    pub fn voter_ids(&self) -> BTreeSet<u64> {
+        self.voters()
     }
 
     fn peer_address_of(&self, id: u64) -> Option<String> {

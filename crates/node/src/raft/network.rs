@@ -87,6 +87,15 @@ impl PeerPool {
             .insert(address.to_string(), now);
     }
 
+    /// When the peer at `address` last answered a Raft message, if ever.
+    pub fn last_answer(&self, address: &str) -> Option<tokio::time::Instant> {
+        self.last_answer
+            .lock()
+            .expect("peer pool lock poisoned")
+            .get(address)
+            .copied()
+    }
+
     /// Whether the peer at `address` answered within `window`.
     pub fn answered_within(&self, address: &str, window: Duration) -> bool {
         let last = self

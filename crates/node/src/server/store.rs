@@ -2,8 +2,12 @@
 //!
 //! Any node answers. A partition request goes to this node's replica of the
 //! partition when it has one (which forwards to the leader), and otherwise
-//! to the nodes holding a replica, over the peer service, until one serves it.
-//! Timestamps come from the meta leader's oracle.
+//! to the nodes the shard map lists for the partition (its last reported
+//! leader first), over the peer service, until one serves it. Timestamps
+//! come from the meta leader's oracle. The shard map is this node's view of
+//! `meta`'s (serializable: it may lag by a few entries, which routing
+//! survives: a node that no longer holds a replica answers "not found" and
+//! the next one is tried).
 //!
 //! A partition's answer, success or refusal, travels as the serialized
 //! `Result<PartitionResponse, GroupError>` in the reply; gRPC errors mean the
@@ -14,19 +18,22 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
-use zongheng_algo::{PartitionId, Placement};
+use zongheng_algo::PartitionId;
 use zongheng_proto::peer::ForwardRequest;
 use zongheng_proto::store::store_server::Store;
 use zongheng_proto::store::{
-    PartitionCall, PartitionInfo, PartitionReply, ShardMapReply, ShardMapRequest, TimestampReply, TimestampRequest,
+    DrainReply, DrainRequest, PartitionCall, PartitionInfo, PartitionReply, ShardMapReply, ShardMapRequest,
+    StoreNodeInfo, TimestampReply, TimestampRequest,
 };
 
 use super::status::status;
+use crate::meta::command::MetaCommand;
 use crate::meta::MetaGroup;
-use crate::raft::network::PeerPool;
-use crate::raft::{codec, url_host_port};
+use crate::raft::codec;
+use crate::raft::network::{PeerAddress, PeerPool};
 use crate::store::group::{group_of, ForwardedRequest, GroupError, PARTITION_REQUEST_TIMEOUT};
 use crate::store::request::{PartitionRequest, PartitionResponse};
+use crate::store::shard_map::{ShardMap, ShardMapCommand};
 use crate::store::StoreGroups;
 
 /// Pause between two passes over a partition's replicas when none served
@@ -36,31 +43,48 @@ const ROUTE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(
 /// Largest serialized partition request (a prewrite of many mutations).
 pub const PARTITION_CALL_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-/// Where the store's partitions live, as this node knows it.
-pub struct StoreLayout {
-    pub partitions: u32,
-    pub placement: Placement,
-    /// Member name -> peer address ("host:port").
-    pub peer_addresses: BTreeMap<String, String>,
-    /// Member id -> name.
-    pub names: BTreeMap<u64, String>,
-}
-
 pub struct StoreService {
     meta: Arc<MetaGroup>,
     groups: Arc<StoreGroups>,
-    layout: Arc<StoreLayout>,
+    /// P this member was started to create the store with (0: none); says
+    /// whether a missing shard map means "not created yet" or "no store".
+    configured_partitions: u32,
     pool: Arc<PeerPool>,
 }
 
 impl StoreService {
-    pub fn new(meta: Arc<MetaGroup>, groups: Arc<StoreGroups>, layout: Arc<StoreLayout>, pool: Arc<PeerPool>) -> Self {
+    pub fn new(
+        meta: Arc<MetaGroup>,
+        groups: Arc<StoreGroups>,
+        configured_partitions: u32,
+        pool: Arc<PeerPool>,
+    ) -> Self {
         Self {
             meta,
             groups,
-            layout,
+            configured_partitions,
             pool,
         }
+    }
+
+    /// The shard map as this node knows it, or why there is none.
+    fn shard_map(&self) -> Result<ShardMap, Status> {
+        let map = self.meta.read(|app| app.shard_map.clone());
+        if map.is_created() {
+            return Ok(map);
+        }
+        if self.configured_partitions > 0 {
+            return Err(status(
+                Code::Unavailable,
+                "zongheng: the data store is being created; retry",
+                "ZH_STORE_NOT_READY",
+            ));
+        }
+        Err(status(
+            Code::FailedPrecondition,
+            "zongheng: this cluster has no data store (start it with --store-partitions)",
+            "ZH_STORE_DISABLED",
+        ))
     }
 
     async fn route(
@@ -69,17 +93,29 @@ impl StoreService {
         epoch: u64,
         request: PartitionRequest,
     ) -> Result<PartitionResponse, GroupError> {
-        if let Some(group) = self.groups.get(partition) {
-            return group.execute(epoch, request).await;
-        }
-        // No replica here: ask the nodes that hold one until one serves it.
         let deadline = Instant::now() + PARTITION_REQUEST_TIMEOUT;
-        let payload = codec::encode(&ForwardedRequest { epoch, request })
-            .map_err(|error| GroupError::Internal(error.to_string()))?;
-        let replicas = self.layout.placement.replicas[partition as usize].clone();
+        let payload = codec::encode(&ForwardedRequest {
+            epoch,
+            request: request.clone(),
+        })
+        .map_err(|error| GroupError::Internal(error.to_string()))?;
         loop {
-            for name in &replicas {
-                let Some(address) = self.layout.peer_addresses.get(name) else {
+            if let Some(group) = self.groups.get(partition) {
+                return group.execute(epoch, request).await;
+            }
+            // No replica here: ask the nodes that hold one until one serves it.
+            let candidates = self.meta.read(|app| {
+                app.shard_map
+                    .record(partition)
+                    .map(|record| {
+                        let mut nodes: Vec<u64> = record.leader.into_iter().collect();
+                        nodes.extend(record.replicas.iter().filter(|id| Some(**id) != record.leader));
+                        nodes
+                    })
+                    .unwrap_or_default()
+            });
+            for node in candidates {
+                let Some(address) = self.meta.peer_node(node).and_then(|peer| peer.peer_address()) else {
                     continue;
                 };
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -88,10 +124,12 @@ impl StoreService {
                     payload: payload.clone(),
                 });
                 message.set_timeout(remaining);
-                let mut client = self.pool.client(address);
+                let mut client = self.pool.client(&address);
                 match tokio::time::timeout(remaining, client.forward(message)).await {
                     Err(_) => return Err(GroupError::Timeout),
                     Ok(Err(status)) if crate::meta::group::is_connect_failure(&status) => continue,
+                    // The node holds no replica (any more): nothing was applied.
+                    Ok(Err(status)) if status.code() == Code::NotFound => continue,
                     Ok(Err(_)) => return Err(GroupError::Timeout),
                     Ok(Ok(reply)) => {
                         let result =
@@ -122,19 +160,13 @@ impl Store for StoreService {
 
     async fn partition(&self, request: Request<PartitionCall>) -> Result<Response<PartitionReply>, Status> {
         let call = request.into_inner();
-        if self.layout.partitions == 0 {
-            return Err(status(
-                Code::FailedPrecondition,
-                "zongheng: this cluster has no data store (start it with --store-partitions)",
-                "ZH_STORE_DISABLED",
-            ));
-        }
-        if call.partition >= self.layout.partitions {
+        let map = self.shard_map()?;
+        if call.partition >= map.partitions {
             return Err(status(
                 Code::InvalidArgument,
                 format!(
                     "zongheng: partition {} does not exist (the cluster has {})",
-                    call.partition, self.layout.partitions
+                    call.partition, map.partitions
                 ),
                 "ZH_STORE_NO_SUCH_PARTITION",
             ));
@@ -156,53 +188,111 @@ impl Store for StoreService {
     }
 
     async fn shard_map(&self, _request: Request<ShardMapRequest>) -> Result<Response<ShardMapReply>, Status> {
-        let partition_infos = self
-            .layout
-            .placement
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(id, replicas)| {
-                let leader = self
-                    .groups
-                    .get(id as PartitionId)
-                    .and_then(|group| group.current_leader())
-                    .and_then(|leader| self.layout.names.get(&leader).cloned())
-                    .unwrap_or_default();
-                PartitionInfo {
-                    id: id as u32,
-                    replicas: replicas.clone(),
-                    leader,
-                    epoch: 0,
+        let map = self.shard_map()?;
+        Ok(Response::new(shard_map_reply(&map, &self.meta)))
+    }
+
+    async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        let request = request.into_inner();
+        self.shard_map()?;
+        let id = if request.name.is_empty() {
+            request.id
+        } else {
+            let named: Vec<u64> = self
+                .meta
+                .members()
+                .into_iter()
+                .filter(|member| member.name == request.name)
+                .map(|member| member.id)
+                .collect();
+            match named.as_slice() {
+                [id] => *id,
+                [] => {
+                    return Err(status(
+                        Code::NotFound,
+                        format!("zongheng: no member is named {:?}", request.name),
+                        "ZH_MEMBER_NOT_FOUND",
+                    ))
                 }
-            })
-            .collect();
-        Ok(Response::new(ShardMapReply {
-            partitions: self.layout.partitions,
-            partition_infos,
+                _ => {
+                    return Err(status(
+                        Code::InvalidArgument,
+                        format!("zongheng: several members are named {:?}; drain by id", request.name),
+                        "ZH_AMBIGUOUS_NAME",
+                    ))
+                }
+            }
+        };
+        self.meta
+            .write(MetaCommand::Store(ShardMapCommand::SetDraining {
+                id,
+                draining: !request.undo,
+            }))
+            .await
+            .map_err(Status::from)?;
+        let replicas = self
+            .meta
+            .read(|app| app.shard_map.loads().get(&id).copied().unwrap_or(0));
+        Ok(Response::new(DrainReply {
+            id,
+            replicas: replicas as u32,
         }))
     }
 }
 
-/// The layout of the store this member was created with.
-pub fn layout_of(record: &crate::node::StoreLayoutRecord, placement: Placement) -> StoreLayout {
-    StoreLayout {
-        partitions: record.partitions,
-        placement,
-        peer_addresses: record
-            .members
-            .values()
-            .filter_map(|member| {
-                member
-                    .peer_urls
-                    .first()
-                    .map(|url| (member.name.clone(), url_host_port(url)))
-            })
-            .collect(),
-        names: record
-            .members
-            .iter()
-            .map(|(id, member)| (*id, member.name.clone()))
-            .collect(),
+/// The shard map as the `ShardMap` RPC answers it: ids with the names and
+/// client URLs the members published.
+pub fn shard_map_reply(map: &ShardMap, meta: &MetaGroup) -> ShardMapReply {
+    let members: BTreeMap<u64, crate::meta::group::MemberView> =
+        meta.members().into_iter().map(|member| (member.id, member)).collect();
+    let name = |id: u64| {
+        members
+            .get(&id)
+            .map(|member| member.name.clone())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| format!("{id:x}"))
+    };
+    let loads = map.loads();
+    let mut leaders: BTreeMap<u64, u32> = BTreeMap::new();
+    for leader in map.records.iter().filter_map(|record| record.leader) {
+        *leaders.entry(leader).or_insert(0) += 1;
+    }
+    let partition_infos = map
+        .records
+        .iter()
+        .enumerate()
+        .map(|(id, record)| PartitionInfo {
+            id: id as u32,
+            replicas: record.replicas.iter().map(|node| name(*node)).collect(),
+            leader: record.leader.map(name).unwrap_or_default(),
+            epoch: record.epoch,
+            replica_ids: record.replicas.clone(),
+            leader_id: record.leader.unwrap_or(0),
+            moving_add: record.moving.and_then(|intent| intent.add).unwrap_or(0),
+            moving_remove: record.moving.and_then(|intent| intent.remove).unwrap_or(0),
+        })
+        .collect();
+    let nodes = map
+        .nodes
+        .iter()
+        .map(|(id, node)| StoreNodeInfo {
+            id: *id,
+            name: name(*id),
+            client_urls: members
+                .get(id)
+                .map(|member| member.client_urls.clone())
+                .unwrap_or_default(),
+            weight: node.weight,
+            zone: node.zone.clone().unwrap_or_default(),
+            draining: node.draining,
+            replicas: loads.get(id).copied().unwrap_or(0) as u32,
+            leaders: leaders.get(id).copied().unwrap_or(0),
+        })
+        .collect();
+    ShardMapReply {
+        partitions: map.partitions,
+        partition_infos,
+        nodes,
+        replication: map.replication,
     }
 }

@@ -15,6 +15,8 @@
 //!   retries. (Hash partitions never change which keys they hold, so a stale
 //!   epoch only means the client may be talking to the wrong nodes; refusing
 //!   it makes clients learn moves promptly, as TiKV's region epochs do.)
+//!   Epoch 0 means "not tracked" and is never refused: a client without a
+//!   shard map lets the node it calls route for it.
 //!
 //! The first entry of a new group is [`PartitionCommand::Init`], proposed by
 //! the replica that creates the group; a move completes with
@@ -203,7 +205,9 @@ impl PartitionApp {
                 actual: identity.partition,
             });
         }
-        if epoch < self.epoch {
+        // Epoch 0: the sender does not track epochs (a node routing for a
+        // client that keeps no shard map); keys cannot be misplaced by it.
+        if epoch != 0 && epoch < self.epoch {
             return Err(PartitionError::StaleEpoch {
                 partition,
                 request_epoch: epoch,

@@ -18,9 +18,11 @@
 //! first leader that serves a request, so every replica learns which
 //! partition it holds from the log.
 //!
+//! Which nodes hold a replica is decided by the shard map and carried out by
+//! `store::agent` (which opens, closes and re-shapes groups).
+//!
 //! Not done yet (issue 6): proposals are not batched across groups (one fsync
-//! per group append), followers do not serve reads, and there is no
-//! membership change (replica moves).
+//! per group append), and followers do not serve reads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -315,8 +317,11 @@ impl PartitionGroup {
         message.set_timeout(remaining);
         let reply = match tokio::time::timeout(remaining, client.forward(message)).await {
             Err(_) => return Err(GroupError::Timeout),
-            Ok(Err(status)) if crate::meta::group::is_connect_failure(&status) => {
-                // Nothing left this node: safe to wait for a leader and retry.
+            Ok(Err(status))
+                if crate::meta::group::is_connect_failure(&status) || status.code() == tonic::Code::NotFound =>
+            {
+                // Nothing left this node, or the node holds no replica (any
+                // more) and applied nothing: safe to wait for a leader and retry.
                 return Err(GroupError::NotLeader {
                     partition: self.partition,
                     leader: None,

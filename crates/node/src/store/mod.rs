@@ -13,8 +13,10 @@
 //! with clients that die mid-commit) in [`txn`]'s tests. The Raft groups,
 //! routing, the shard map and the API come next.
 
+pub mod agent;
 pub mod app;
 pub mod client;
+pub mod driver;
 pub mod group;
 pub mod remote;
 pub mod request;
@@ -48,6 +50,13 @@ impl StoreGroups {
             .write()
             .expect("store groups lock poisoned")
             .insert(group.partition, group);
+    }
+
+    pub fn remove(&self, partition: PartitionId) -> Option<Arc<group::PartitionGroup>> {
+        self.groups
+            .write()
+            .expect("store groups lock poisoned")
+            .remove(&partition)
     }
 
     /// Every local replica, in partition order.

@@ -206,11 +206,12 @@ impl ShardMap {
         match command {
             ShardMapCommand::Register { id, weight, zone } => {
                 if *weight > WEIGHT_MAX {
-                    return Err(ShardMapError::Invalid(format!(
-                        "weight {weight} is above {WEIGHT_MAX}"
-                    )));
+                    return Err(ShardMapError::Invalid(format!("weight {weight} is above {WEIGHT_MAX}")));
                 }
-                if zone.as_ref().is_some_and(|zone| zone.is_empty() || zone.len() > ZONE_BYTES_MAX) {
+                if zone
+                    .as_ref()
+                    .is_some_and(|zone| zone.is_empty() || zone.len() > ZONE_BYTES_MAX)
+                {
                     return Err(ShardMapError::Invalid(format!(
                         "a zone label is 1..={ZONE_BYTES_MAX} bytes"
                     )));
@@ -342,9 +343,10 @@ impl ShardMap {
             return Err(ShardMapError::MoveInProgress(partition));
         }
         match intent {
-            MoveIntent { add: None, remove: None } => {
-                return Err(ShardMapError::Invalid("a move must add or remove a replica".into()))
-            }
+            MoveIntent {
+                add: None,
+                remove: None,
+            } => return Err(ShardMapError::Invalid("a move must add or remove a replica".into())),
             MoveIntent { add: Some(add), .. } if record.replicas.contains(&add) => {
                 return Err(ShardMapError::Invalid(format!(
                     "node {add:x} already holds partition {partition}"
@@ -591,7 +593,10 @@ mod tests {
             ShardMapCommand::StartMove {
                 partition: 0,
                 epoch: 1,
-                intent: MoveIntent { add: None, remove: None },
+                intent: MoveIntent {
+                    add: None,
+                    remove: None,
+                },
             },
             ShardMapCommand::ReportReplicas {
                 partition: 0,
