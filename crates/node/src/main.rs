@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use zongheng::cli::{Cli, Command};
+use zongheng::cli::{Cli, Command, NodeAction};
 use zongheng::config::NodeConfig;
 use zongheng::net::transport::TcpTransport;
 
@@ -28,10 +28,14 @@ fn main() {
         .expect("cannot start the tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Node(args) => {
-                init_tracing(cli.log_level.as_deref());
-                run_node(*args).await
-            }
+            Command::Node(node) => match node.action {
+                Some(NodeAction::Drain(args)) => zongheng::cli::store::run_drain(args, false).await,
+                Some(NodeAction::Undrain(args)) => zongheng::cli::store::run_drain(args, true).await,
+                None => {
+                    init_tracing(cli.log_level.as_deref());
+                    run_node(node.args).await
+                }
+            },
             Command::Dev(args) => {
                 init_tracing(cli.log_level.as_deref().or(Some("warn")));
                 zongheng::cli::dev::run(args).await

@@ -39,10 +39,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `zongheng node [FLAGS]` runs a node; `zongheng node drain|undrain NAME`
+/// acts on a running one.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeCli {
+    #[command(subcommand)]
+    pub action: Option<NodeAction>,
+    #[command(flatten)]
+    pub args: crate::config::NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Move every data-store replica off a node (it stays a member).
+    Drain(store::DrainArgs),
+    /// Let a drained node hold data-store replicas again.
+    Undrain(store::DrainArgs),
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run one node of a cluster.
-    Node(Box<crate::config::NodeArgs>),
+    /// Run one node of a cluster, or drain one (`node drain NAME`).
+    Node(Box<NodeCli>),
     /// Start a local cluster of real node processes on loopback.
     Dev(dev::DevArgs),
     /// Read and write keys (put, get, del, txn, compact).

@@ -106,6 +106,92 @@ struct PartitionJson {
     replicas: Vec<String>,
     leader: String,
     epoch: u64,
+    /// A move under way: `{"add": name, "remove": name}` (either may be null).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moving: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct NodeJson {
+    id: String,
+    name: String,
+    weight: u32,
+    zone: Option<String>,
+    draining: bool,
+    replicas: u32,
+    leaders: u32,
+}
+
+/// `zongheng node drain|undrain NAME`.
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// The node to drain, by the name `member list` shows.
+    pub name: String,
+    /// Wait until the node holds no replica (or, for undrain, return at once).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub wait_timeout: u64,
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+/// Pause between two looks at a draining node.
+const DRAIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Mark a node as draining (or not) and, with `--wait`, follow its replicas
+/// leaving until none is left.
+pub async fn run_drain(args: DrainArgs, undo: bool) -> anyhow::Result<()> {
+    let store = connect(&args.client).await?;
+    let (id, mut replicas) = store.drain(&args.name, undo).await?;
+    let verb = if undo { "undrained" } else { "draining" };
+    if args.client.json && !(args.wait && !undo) {
+        print_output(&json_line(
+            &serde_json::json!({"id": format!("{id:x}"), "name": args.name, "state": verb, "replicas": replicas}),
+        ))?;
+        return Ok(());
+    }
+    if !args.client.json {
+        print_output(&format!(
+            "{} ({id:x}) is {verb}; it holds {replicas} replicas\n",
+            args.name
+        ))?;
+    }
+    if undo || !args.wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.wait_timeout);
+    let mut shown = replicas;
+    while replicas > 0 {
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "ZH_TIMEOUT: {} still holds {replicas} replicas after {} s",
+                args.name,
+                args.wait_timeout
+            );
+        }
+        tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
+        if let Ok(map) = store.shard_map().await {
+            replicas = map
+                .nodes
+                .iter()
+                .find(|node| node.id == id)
+                .map_or(0, |node| node.replicas);
+            if replicas != shown && !args.client.json {
+                print_output(&format!("{} holds {replicas} replicas\n", args.name))?;
+                shown = replicas;
+            }
+        }
+    }
+    if args.client.json {
+        print_output(&json_line(
+            &serde_json::json!({"id": format!("{id:x}"), "name": args.name, "state": "drained", "replicas": 0}),
+        ))?;
+    } else {
+        print_output(&format!("{} is drained: it holds no replica\n", args.name))?;
+    }
+    Ok(())
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
@@ -187,6 +273,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         }
         StoreCommand::Status => {
             let map = store.shard_map().await?;
+            let names: std::collections::BTreeMap<u64, String> =
+                map.nodes.iter().map(|node| (node.id, node.name.clone())).collect();
+            let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("{id:x}"));
             let partitions: Vec<PartitionJson> = map
                 .partition_infos
                 .into_iter()
@@ -195,15 +284,38 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
                     replicas: info.replicas,
                     leader: info.leader,
                     epoch: info.epoch,
+                    moving: (info.moving_add != 0 || info.moving_remove != 0).then(|| {
+                        serde_json::json!({
+                            "add": (info.moving_add != 0).then(|| name(info.moving_add)),
+                            "remove": (info.moving_remove != 0).then(|| name(info.moving_remove)),
+                        })
+                    }),
+                })
+                .collect();
+            let nodes: Vec<NodeJson> = map
+                .nodes
+                .iter()
+                .map(|node| NodeJson {
+                    id: format!("{:x}", node.id),
+                    name: node.name.clone(),
+                    weight: node.weight,
+                    zone: (!node.zone.is_empty()).then(|| node.zone.clone()),
+                    draining: node.draining,
+                    replicas: node.replicas,
+                    leaders: node.leaders,
                 })
                 .collect();
             if json {
-                print_output(&json_line(&serde_json::json!({ "partitions": partitions })))?;
+                print_output(&json_line(&serde_json::json!({
+                    "partitions": partitions,
+                    "nodes": nodes,
+                    "replication": map.replication,
+                })))?;
             } else {
-                let mut out = format!("{} partitions\n", map.partitions);
-                for partition in partitions {
+                let mut out = format!("{} partitions, {} replicas each\n", map.partitions, map.replication);
+                for partition in &partitions {
                     out += &format!(
-                        "partition {:>4}  epoch {}  leader {:<12} replicas {}\n",
+                        "partition {:>4}  epoch {:<3} leader {:<12} replicas {}{}\n",
                         partition.id,
                         partition.epoch,
                         if partition.leader.is_empty() {
@@ -211,7 +323,27 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
                         } else {
                             &partition.leader
                         },
-                        partition.replicas.join(",")
+                        partition.replicas.join(","),
+                        match &partition.moving {
+                            Some(moving) => format!("  moving {moving}"),
+                            None => String::new(),
+                        }
+                    );
+                }
+                out += "nodes:\n";
+                for node in &nodes {
+                    out += &format!(
+                        "  {:<12} {:<16} weight {:<3} replicas {:<4} leaders {:<4}{}{}\n",
+                        node.name,
+                        node.id,
+                        node.weight,
+                        node.replicas,
+                        node.leaders,
+                        node.zone
+                            .as_ref()
+                            .map(|zone| format!(" zone {zone}"))
+                            .unwrap_or_default(),
+                        if node.draining { " draining" } else { "" }
                     );
                 }
                 print_output(&out)?;

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use zongheng_algo::PartitionId;
 use zongheng_proto::store::store_client::StoreClient;
-use zongheng_proto::store::{PartitionCall, ShardMapReply, ShardMapRequest, TimestampRequest};
+use zongheng_proto::store::{DrainRequest, PartitionCall, ShardMapReply, ShardMapRequest, TimestampRequest};
 
 use super::app::PartitionError;
 use super::client::{PartitionTransport, StoreError};
@@ -143,6 +143,37 @@ impl RemoteStore {
             self.rotate();
         }
         Err(last)
+    }
+
+    /// Drain the store node named `name` (or take it back with `undo`);
+    /// answers its id and the replicas it still holds.
+    pub async fn drain(&self, name: &str, undo: bool) -> Result<(u64, u32), StoreError> {
+        let mut client = self.client();
+        let mut request = tonic::Request::new(DrainRequest {
+            name: name.to_string(),
+            id: 0,
+            undo,
+        });
+        request.set_timeout(STORE_CALL_TIMEOUT);
+        match tokio::time::timeout(STORE_CALL_TIMEOUT, client.drain(request)).await {
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                Ok((reply.id, reply.replicas))
+            }
+            Ok(Err(status)) => {
+                self.rotate();
+                let code = status
+                    .metadata()
+                    .get(crate::server::status::ERROR_CODE_METADATA)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("ZH_STORE_REFUSED");
+                Err(StoreError::Refused(format!("{code}: {}", status.message())))
+            }
+            Err(_) => {
+                self.rotate();
+                Err(StoreError::Unknown("drain request timed out".into()))
+            }
+        }
     }
 
     /// Remember `map`'s epochs and, with a dialer, its leaders' channels.
