@@ -1,6 +1,22 @@
 //! The data store's bank workload: money moves between accounts that live in
 //! different partitions (each its own Raft group), through Percolator
-//! transactions, while the nemesis partitions and crashes nodes.
+//! transactions, while the full nemesis runs and partitions move.
+//!
+//! Faults, all at once on their own lanes (see [`crate::nemesis`]):
+//!
+//! - the **network lane**: partitions, isolated leaders, bridges, message
+//!   loss, latency spikes, pauses;
+//! - the **node lane**: crashes (some longer than the store's dead-after
+//!   threshold, so replicas are re-created elsewhere and moved back when the
+//!   node returns), wiped disks with the node re-added as a new member, and
+//!   a spare added while a voter is removed (both move replicas);
+//! - the **store lane** (here): a node drained for a while (every replica
+//!   moves off it), then taken back.
+//!
+//! The nemesis wipes or removes a node only while every partition is fully
+//! replicated ([`crate::cluster::Nemesis::store_is_stable`]), as an operator
+//! waits for re-replication before taking another disk away; with R = 3 two
+//! lost disks in one partition would lose data, and no store claims more.
 //!
 //! What it checks:
 //!
@@ -13,30 +29,41 @@
 //!   commit was acknowledged is reported committed by its primary key's
 //!   partition, at the acknowledged timestamp;
 //! - **timestamps follow real time**: an audit that begins after a commit was
-//!   acknowledged reads at a later timestamp (so it sees that commit).
+//!   acknowledged reads at a later timestamp (so it sees that commit);
+//! - **per-key histories are linearizable**: register clients put, read and
+//!   compare-and-set single keys; the history is judged by the register
+//!   model of `zongheng-check`;
+//! - **the store converges**: after healing, every partition has its replicas
+//!   on running nodes with no move under way, and its replicas' states are
+//!   identical;
+//! - the cluster's own invariants (one leader per term, fsync before
+//!   acknowledging, ...) from the invariant monitor.
 //!
 //! Clients talk to the cluster only through the store's gRPC API
-//! ([`RemoteStore`]), each worker from its own simulated host, so partitions
-//! cut clients off as they cut nodes off. One transfer in ten is abandoned at
-//! a random point (the client "dies"), leaving locks for others to resolve.
-//!
-//! Not yet here (issue 6): replica moves during the run, wiped disks, and a
-//! 1,000-seed campaign through the `sim` binary.
+//! ([`RemoteStore`], routing straight to partition leaders), each from its
+//! own simulated host, so partitions cut clients off as they cut nodes off.
+//! One transfer in ten is abandoned at a random point (the client "dies"),
+//! leaving locks for others to resolve.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use zongheng::config::StoreSettings;
 use zongheng::net::transport::channel;
 use zongheng::store::client::{PartitionTransport, StoreError, Transaction, TxnOptions};
-use zongheng::store::remote::RemoteStore;
+use zongheng::store::remote::{Dialer, RemoteStore};
 use zongheng::store::request::{PartitionRequest, PartitionResponse};
 use zongheng::store::timestamp::Timestamp;
 use zongheng::store::txn::TxnStatus;
 use zongheng_algo::partition_of;
+use zongheng_check::history::{KvHistory, KvInput, KvOutput, Outcome};
 
-use crate::cluster::{SimCluster, SimOptions, CLIENT_PORT};
+use crate::cluster::{Nemesis, SimCluster, SimOptions, CLIENT_PORT};
+use crate::nemesis::{self, LaneContext, NemesisOptions, Schedule};
 use crate::trace::Trace;
 use crate::transport::SimTransport;
 
@@ -47,28 +74,61 @@ pub struct BankOptions {
     /// Initial members; with more than 3, a node may hold no replica of a
     /// partition and forwards its requests to one that does.
     pub nodes: usize,
+    /// Idle hosts the node lane may add as members (each new member
+    /// receives replicas).
+    pub spares: usize,
     pub partitions: u32,
     pub accounts: usize,
     pub initial_balance: u64,
     /// Client hosts moving money.
     pub workers: usize,
     pub transfers_per_worker: usize,
+    /// Client hosts reading and writing single keys for the linearizability
+    /// check, and how many keys they share.
+    pub register_clients: usize,
+    pub register_keys: usize,
     /// Simulated time during which the nemesis injects faults.
     pub fault_time: Duration,
+    /// Which faults the network and node lanes draw.
+    pub nemesis: NemesisOptions,
+    /// Whether the store lane drains nodes.
+    pub drains: bool,
+    /// Every node's store settings (a short dead-after threshold, so
+    /// repairs happen within a run).
+    pub store: StoreSettings,
 }
 
 impl BankOptions {
+    /// Three nodes and two spares, 4 partitions, every fault for 30 s.
     pub fn new(seed: u64) -> Self {
+        let fault_time = Duration::from_secs(30);
         Self {
             seed,
             nodes: 3,
+            spares: 2,
             partitions: 4,
             accounts: 8,
             initial_balance: 100,
             workers: 3,
             transfers_per_worker: 40,
-            fault_time: Duration::from_secs(30),
+            register_clients: 2,
+            register_keys: 3,
+            fault_time,
+            nemesis: NemesisOptions::all(fault_time),
+            drains: true,
+            store: StoreSettings {
+                dead_after_ms: 4_000,
+                moves_max: 2,
+                ..StoreSettings::default()
+            },
         }
+    }
+
+    /// The same with `fault_time` of faults.
+    pub fn with_fault_time(mut self, fault_time: Duration) -> Self {
+        self.fault_time = fault_time;
+        self.nemesis.faults_until = fault_time;
+        self
     }
 }
 
@@ -80,13 +140,25 @@ pub struct BankReport {
     pub unknown: usize,
     pub abandoned: usize,
     pub audits: usize,
+    /// Episodes of the nemesis's lanes.
     pub faults: usize,
+    /// Replica moves seen finished (partition epochs gained).
+    pub moves: u64,
+    /// Register operations judged by the linearizability checker.
+    pub register_operations: usize,
 }
 
 /// Most transfers one worker makes, however long the faults last.
 const TRANSFERS_PER_WORKER_MAX: usize = 2_000;
+/// Most register operations one register client makes.
+const REGISTER_OPERATIONS_MAX: usize = 400;
+/// How long the store may take to converge after the faults end.
+const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Pause between two looks at a converging store.
+const CONVERGENCE_POLL: Duration = Duration::from_millis(500);
+/// The turmoil host of the nemesis.
+const NEMESIS_HOST: &str = "bank-nemesis";
 
-#[derive(Default)]
 struct Shared {
     /// The nemesis has healed everything.
     faults_over: bool,
@@ -94,10 +166,30 @@ struct Shared {
     /// (primary key, start ts, commit ts) of every acknowledged commit.
     acknowledged: Vec<(Vec<u8>, Timestamp, Timestamp)>,
     workers_done: usize,
+    registers_done: usize,
+    /// Single-key operations of the register clients.
+    history: KvHistory,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            faults_over: false,
+            report: BankReport::default(),
+            acknowledged: Vec::new(),
+            workers_done: 0,
+            registers_done: 0,
+            history: KvHistory::new(),
+        }
+    }
 }
 
 fn account(index: usize) -> Vec<u8> {
     format!("bank/account/{index:03}").into_bytes()
+}
+
+fn register(index: usize) -> Vec<u8> {
+    format!("bank/register/{index:03}").into_bytes()
 }
 
 fn parse_balance(value: Option<Vec<u8>>) -> Result<u64, String> {
@@ -116,7 +208,7 @@ async fn connect(names: &[String]) -> Result<RemoteStore, String> {
     // The cluster may still be electing: try for a while.
     for _ in 0..100 {
         // Requests go straight to partition leaders, as the CLI's do.
-        let dialer: zongheng::store::remote::Dialer = Arc::new(|url: &str| {
+        let dialer: Dialer = Arc::new(|url: &str| {
             let address = url
                 .split_once("://")
                 .map_or(url, |(_, rest)| rest)
@@ -170,21 +262,257 @@ fn check_balances(balances: &[u64], options: &BankOptions, when: &str) -> Result
     Ok(())
 }
 
+/// Simulated time in nanoseconds, the register history's clock.
+fn now_nanos() -> u64 {
+    turmoil::sim_elapsed().unwrap_or_default().as_nanos() as u64
+}
+
+/// One single-key operation as a transaction; what the history records.
+async fn register_operation(store: &RemoteStore, input: &KvInput) -> Outcome<KvOutput> {
+    // A write refused by the partition (a conflict, a rolled-back lock)
+    // did not happen; any other failure may have committed.
+    let write_outcome = |result: Result<Timestamp, StoreError>, output: KvOutput| match result {
+        Ok(_) => Outcome::Ok(output),
+        Err(StoreError::Txn(error)) => Outcome::Failed(error.to_string()),
+        Err(error) => Outcome::Unknown(error.to_string()),
+    };
+    let txn = match Transaction::begin(store, TxnOptions::default()).await {
+        Ok(txn) => txn,
+        Err(error) => return Outcome::Failed(error.to_string()),
+    };
+    match input {
+        KvInput::Get { key, .. } => match txn.get(key).await {
+            Ok(value) => Outcome::Ok(KvOutput::Get {
+                value,
+                mod_revision: 0,
+                revision: 0,
+            }),
+            Err(error) => Outcome::Failed(error.to_string()),
+        },
+        KvInput::Put { key, value } => {
+            let mut txn = txn;
+            txn.put(key.clone(), value.clone());
+            write_outcome(txn.commit().await, KvOutput::Put { revision: 0 })
+        }
+        KvInput::CompareAndSet {
+            key,
+            expected,
+            new_value,
+        } => {
+            let mut txn = txn;
+            let current = match txn.get(key).await {
+                Ok(current) => current,
+                Err(error) => return Outcome::Failed(error.to_string()),
+            };
+            if current != *expected {
+                return Outcome::Ok(KvOutput::CompareAndSet {
+                    succeeded: false,
+                    revision: 0,
+                });
+            }
+            txn.put(key.clone(), new_value.clone());
+            write_outcome(
+                txn.commit().await,
+                KvOutput::CompareAndSet {
+                    succeeded: true,
+                    revision: 0,
+                },
+            )
+        }
+        KvInput::Delete { .. } => unreachable!("register clients do not delete"),
+    }
+}
+
+/// The store lane: drain a running member for a while, then take it back.
+async fn run_store_lane(nemesis: Nemesis, options: BankOptions, shared: Arc<Mutex<Shared>>, trace: Trace) {
+    if !options.drains {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x6472_6169_6e21);
+    let store = match connect(nemesis.hosts()).await {
+        Ok(store) => store,
+        Err(error) => {
+            trace.record(format!("store lane: {error}"));
+            return;
+        }
+    };
+    let faults_until = options.nemesis.faults_until;
+    let now = || turmoil::sim_elapsed().unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(3_000..8_000))).await;
+    while now() + Duration::from_secs(4) < faults_until {
+        let running: Vec<String> = nemesis
+            .hosts()
+            .iter()
+            .filter(|host| nemesis.is_running(host))
+            .cloned()
+            .collect();
+        let Some(victim) = running.choose(&mut rng).cloned() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let hold = Duration::from_millis(rng.gen_range(2_000..10_000)).min(faults_until.saturating_sub(now()));
+        match store.drain(&victim, 0, false).await {
+            Ok((id, replicas)) => {
+                trace.record(format!(
+                    "store lane: drain {victim} ({id:x}, {replicas} replicas) for {hold:?}"
+                ));
+                shared.lock().unwrap().report.faults += 1;
+                tokio::time::sleep(hold).await;
+                // Taken back by id (the name may belong to a new member by
+                // now); refused if it left the cluster meanwhile.
+                for _ in 0..20 {
+                    match store.drain("", id, true).await {
+                        Ok(_) => {
+                            trace.record(format!("store lane: undrained {victim}"));
+                            break;
+                        }
+                        Err(StoreError::Refused(message)) if message.contains("NOT_FOUND") => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            }
+            // It may have been applied all the same; healing takes every node back.
+            Err(error) => trace.record(format!("store lane: drain of {victim} failed: {error}")),
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..6_000))).await;
+    }
+}
+
+/// Part of healing: take back every node still marked draining (a drain
+/// whose answer was lost, or one cut short by the end of the faults).
+async fn undrain_all(nemesis: &Nemesis, trace: &Trace) {
+    let Ok(store) = connect(nemesis.hosts()).await else {
+        return;
+    };
+    for _ in 0..60 {
+        let Some(map) = nemesis.shard_map() else {
+            tokio::time::sleep(CONVERGENCE_POLL).await;
+            continue;
+        };
+        let draining: Vec<u64> = map
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.draining)
+            .map(|(id, _)| *id)
+            .collect();
+        if draining.is_empty() {
+            return;
+        }
+        for id in draining {
+            if store.drain("", id, true).await.is_ok() {
+                trace.record(format!("healing: undrained {id:x}"));
+            }
+        }
+        tokio::time::sleep(CONVERGENCE_POLL).await;
+    }
+}
+
+/// After healing: wait until every partition has its replicas on running
+/// nodes, no move under way and every node taken back, then until the
+/// replicas of each partition hold identical states. Returns the epochs
+/// gained (moves finished) over the run.
+async fn converge(nemesis: &Nemesis, trace: &Trace) -> Result<u64, String> {
+    let deadline = turmoil::sim_elapsed().unwrap_or_default() + CONVERGENCE_TIMEOUT;
+    let mut last_problem;
+    loop {
+        last_problem = match nemesis.shard_map() {
+            None => "no meta leader with a shard map".to_string(),
+            Some(map) => {
+                let running: BTreeSet<u64> = nemesis.views().iter().map(|view| view.node_id).collect();
+                let eligible = map
+                    .nodes
+                    .values()
+                    .filter(|node| node.weight > 0 && !node.draining)
+                    .count();
+                let wanted = (map.replication as usize).min(eligible).max(1);
+                let unsettled: Vec<String> = map
+                    .records
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, record)| {
+                        record.moving.is_some()
+                            || record.replicas.len() != wanted
+                            || record.replicas.iter().any(|id| !running.contains(id))
+                    })
+                    .map(|(partition, record)| {
+                        format!("{partition}: {:x?} moving {:?}", record.replicas, record.moving)
+                    })
+                    .collect();
+                let members: BTreeSet<u64> = nemesis
+                    .leader()
+                    .map(|leader| leader.voters.union(&leader.learners).copied().collect())
+                    .unwrap_or_default();
+                if map.nodes.keys().any(|id| !members.contains(id)) {
+                    "a node that left the cluster is still registered".to_string()
+                } else if map.nodes.values().any(|node| node.draining) {
+                    "a node is still draining".to_string()
+                } else if !unsettled.is_empty() {
+                    format!("partitions not settled: {}", unsettled.join("; "))
+                } else {
+                    let mut diverged = Vec::new();
+                    for (partition, record) in map.records.iter().enumerate() {
+                        let digests = nemesis.partition_digests(partition as u32);
+                        let replicas: Vec<_> = digests
+                            .iter()
+                            .filter(|(_, id, _, _)| record.replicas.contains(id))
+                            .collect();
+                        let same = replicas.len() == record.replicas.len()
+                            && replicas
+                                .windows(2)
+                                .all(|pair| pair[0].2 == pair[1].2 && pair[0].3 == pair[1].3);
+                        if !same {
+                            diverged.push(format!("{partition}: {replicas:?}"));
+                        }
+                    }
+                    if diverged.is_empty() {
+                        let moves: u64 = map.records.iter().map(|record| record.epoch - 1).sum();
+                        trace.record(format!(
+                            "store converged: {} partitions, {moves} replica-set changes, loads {:x?}",
+                            map.partitions,
+                            map.loads()
+                        ));
+                        return Ok(moves);
+                    }
+                    format!("replicas differ (host, id, applied, digest): {}", diverged.join("; "))
+                }
+            }
+        };
+        if turmoil::sim_elapsed().unwrap_or_default() >= deadline {
+            return Err(format!(
+                "the store did not converge within {} s after healing: {last_problem}",
+                CONVERGENCE_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(CONVERGENCE_POLL).await;
+    }
+}
+
 /// One seeded run (see the module doc); `Err` names the violated property.
 pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, String> {
     let sim_options = SimOptions {
         node_count: options.nodes,
+        spare_count: options.spares,
         store_partitions: options.partitions,
-        simulation_duration: options.fault_time + Duration::from_secs(240),
+        store: options.store.clone(),
+        simulation_duration: options.fault_time + Duration::from_secs(360),
         ..SimOptions::new(options.seed)
     };
-    let cluster = SimCluster::new(sim_options);
+    let mut cluster = SimCluster::new(sim_options);
+    let workers: Vec<String> = (0..options.workers).map(|worker| format!("bank-{worker}")).collect();
+    let registers: Vec<String> = (0..options.register_clients)
+        .map(|client| format!("bank-register-{client}"))
+        .collect();
+    let mut clients: Vec<String> = vec!["bank-auditor".to_string(), NEMESIS_HOST.to_string()];
+    clients.extend(workers.iter().cloned());
+    clients.extend(registers.iter().cloned());
+    cluster.set_client_hosts(clients);
     let mut sim = cluster.build_sim();
-    let names = cluster.names().to_vec();
+    let names = cluster.hosts().to_vec();
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (setup_done, setup_signal) = tokio::sync::watch::channel(false);
+    let (checks_done, checks_signal) = tokio::sync::watch::channel(false);
 
-    // Setup and audits, then the final checks.
+    // Setup and audits, then the final checks of balances and commits.
     {
         let (names, shared, options, trace) = (names.clone(), shared.clone(), options.clone(), trace.clone());
         sim.client("bank-auditor", async move {
@@ -263,15 +591,16 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                     .into());
                 }
             }
+            let _ = checks_done.send(true);
             Ok(())
         });
     }
 
     // Workers.
-    for worker in 0..options.workers {
+    for (worker, host) in workers.iter().enumerate() {
         let (names, shared, options, trace) = (names.clone(), shared.clone(), options.clone(), trace.clone());
         let mut setup_signal = setup_signal.clone();
-        sim.client(format!("bank-{worker}"), async move {
+        sim.client(host.as_str(), async move {
             let store = connect(&names).await?;
             let _ = setup_signal.wait_for(|done| *done).await;
             let mut rng = StdRng::seed_from_u64(options.seed * 1_000 + worker as u64);
@@ -315,42 +644,162 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
         });
     }
 
-    // The nemesis: a partition or a crash every few seconds, healed before the end.
+    // Register clients: single-key puts, gets and compare-and-sets.
+    for (index, host) in registers.iter().enumerate() {
+        let (names, shared, options) = (names.clone(), shared.clone(), options.clone());
+        let mut setup_signal = setup_signal.clone();
+        sim.client(host.as_str(), async move {
+            let store = connect(&names).await?;
+            let _ = setup_signal.wait_for(|done| *done).await;
+            let client_id = index as u64 + 1;
+            let mut rng = StdRng::seed_from_u64(options.seed * 7_919 + index as u64);
+            for sequence in 0..REGISTER_OPERATIONS_MAX {
+                if shared.lock().unwrap().faults_over && sequence >= 20 {
+                    break;
+                }
+                let key = register(rng.gen_range(0..options.register_keys));
+                let value = format!("{client_id}-{sequence}").into_bytes();
+                let input = match rng.gen_range(0..10) {
+                    0..=3 => KvInput::Put { key, value },
+                    4..=7 => KvInput::Get {
+                        key,
+                        linearizable: true,
+                    },
+                    _ => {
+                        let expected = (rng.gen_bool(0.3))
+                            .then(|| format!("{client_id}-{}", sequence.saturating_sub(1)).into_bytes());
+                        KvInput::CompareAndSet {
+                            key,
+                            expected,
+                            new_value: value,
+                        }
+                    }
+                };
+                let id = shared
+                    .lock()
+                    .unwrap()
+                    .history
+                    .invoke(client_id, now_nanos(), input.clone());
+                let outcome = register_operation(&store, &input).await;
+                shared.lock().unwrap().history.complete(id, now_nanos(), outcome);
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(20..300))).await;
+            }
+            shared.lock().unwrap().registers_done += 1;
+            Ok(())
+        });
+    }
+
+    // The nemesis: the network and node lanes of a seeded schedule and the
+    // store lane, then healing and the store's convergence.
     {
         let nemesis = cluster.nemesis();
-        let (names, shared, options, trace) = (names.clone(), shared.clone(), options.clone(), trace.clone());
+        let monitor = cluster.monitor().clone();
+        let (shared, options, trace) = (shared.clone(), options.clone(), trace.clone());
         let mut setup_signal = setup_signal.clone();
-        sim.client("bank-nemesis", async move {
-            let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed);
+        let mut checks_signal = checks_signal.clone();
+        sim.client(NEMESIS_HOST, async move {
             // Faults start once the accounts are open, so they hit the transfers.
             let _ = setup_signal.wait_for(|done| *done).await;
-            let started = tokio::time::Instant::now();
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1_000))).await;
-            while started.elapsed() < options.fault_time {
-                let victim = names[rng.gen_range(0..names.len())].clone();
-                let others: Vec<String> = names.iter().filter(|name| **name != victim).cloned().collect();
-                let hold = Duration::from_millis(rng.gen_range(500..3_000));
-                if rng.gen_bool(0.5) {
-                    trace.record(format!("partition {victim} from {others:?} for {hold:?}"));
-                    nemesis.partition(&[victim.as_str()], &others);
-                    tokio::time::sleep(hold).await;
-                    nemesis.repair(&[victim.as_str()], &others);
-                } else {
-                    trace.record(format!("crash {victim} for {hold:?}"));
-                    nemesis.crash(&victim).await;
-                    tokio::time::sleep(hold).await;
-                    nemesis.restart(&victim).await;
-                }
-                shared.lock().unwrap().report.faults += 1;
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2_000))).await;
+            let started = turmoil::sim_elapsed().unwrap_or_default();
+            let mut nemesis_options = options.nemesis.clone();
+            nemesis_options.quiet_start = nemesis_options.quiet_start.max(started);
+            nemesis_options.faults_until = started + options.fault_time;
+            let schedule = Schedule::generate(options.seed, &nemesis_options);
+            let episodes = schedule.network.len() + schedule.nodes.len();
+            trace.record(format!(
+                "nemesis: {episodes} episodes until {:?}",
+                nemesis_options.faults_until
+            ));
+            let context = LaneContext {
+                nemesis: nemesis.clone(),
+                trace: trace.clone(),
+                monitor: monitor.clone(),
+                seed: options.seed,
+                faults_until: nemesis_options.faults_until,
+            };
+            // Record every change of the shard map, for replays.
+            {
+                let (nemesis, trace) = (nemesis.clone(), trace.clone());
+                tokio::spawn(async move {
+                    let mut last = String::new();
+                    loop {
+                        let summary = match nemesis.shard_map() {
+                            Some(map) => map
+                                .records
+                                .iter()
+                                .enumerate()
+                                .map(|(partition, record)| {
+                                    format!(
+                                        "p{partition} e{} {:x?}{}",
+                                        record.epoch,
+                                        record.replicas,
+                                        record
+                                            .moving
+                                            .map(|intent| format!(" +{:x?} -{:x?}", intent.add, intent.remove))
+                                            .unwrap_or_default()
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" | "),
+                            None => "no shard map".into(),
+                        };
+                        if summary != last {
+                            trace.record(format!("shard map: {summary}"));
+                            last = summary;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                });
+            }
+            let mut store_options = options.clone();
+            store_options.nemesis.faults_until = nemesis_options.faults_until;
+            futures::future::join3(
+                nemesis::run_network_lane(context.clone(), schedule.network),
+                nemesis::run_node_lane(context.clone(), schedule.nodes),
+                run_store_lane(nemesis.clone(), store_options, shared.clone(), trace.clone()),
+            )
+            .await;
+            nemesis::heal_all(&nemesis, &trace).await;
+            undrain_all(&nemesis, &trace).await;
+            {
+                let mut shared = shared.lock().unwrap();
+                shared.faults_over = true;
+                shared.report.faults += episodes;
             }
             trace.record("faults over");
-            shared.lock().unwrap().faults_over = true;
+            // The transfers and registers finish, the auditor checks; then
+            // the store must settle with identical replicas.
+            let _ = checks_signal.wait_for(|done| *done).await;
+            while shared.lock().unwrap().registers_done < options.register_clients {
+                tokio::time::sleep(CONVERGENCE_POLL).await;
+            }
+            let moves = converge(&nemesis, &trace).await?;
+            shared.lock().unwrap().report.moves = moves;
             Ok(())
         });
     }
 
     let result = cluster.run(&mut sim).map_err(|error| error.to_string());
-    let report = shared.lock().unwrap().report.clone();
-    result.map(|()| report)
+    let (report, history) = {
+        let shared = shared.lock().unwrap();
+        (shared.report.clone(), shared.history.clone())
+    };
+    result?;
+    let violations: Vec<String> = cluster.monitor().violations().iter().map(ToString::to_string).collect();
+    if !violations.is_empty() {
+        return Err(format!("invariants violated: {}", violations.join("; ")));
+    }
+    match zongheng_check::check_register(&history) {
+        zongheng_check::Verdict::Linearizable => {}
+        zongheng_check::Verdict::NotLinearizable(report) => {
+            return Err(format!("the register history is not linearizable: {report}"))
+        }
+        zongheng_check::Verdict::Unknown { reason } => {
+            trace.record(format!("the register history could not be judged: {reason}"));
+        }
+    }
+    Ok(BankReport {
+        register_operations: history.operations.len(),
+        ..report
+    })
 }

@@ -37,6 +37,8 @@ use zongheng::meta::group::member_id;
 use zongheng::meta::MetaGroup;
 use zongheng::raft::RaftSettings;
 use zongheng::server::etcd::ClientLimits;
+use zongheng::store::shard_map::ShardMap;
+use zongheng::store::StoreGroups;
 use zongheng_storage::{Engine, MemEngine};
 
 use crate::disk::AuditedEngine;
@@ -144,6 +146,8 @@ struct HostSlot {
     config: Option<NodeConfig>,
     /// The running node's `meta` group, from its start until it stops.
     node: Option<Arc<MetaGroup>>,
+    /// The running node's data-store replicas, from its start until it stops.
+    store: Option<Arc<StoreGroups>>,
     /// Starts so far: tells two lifetimes of the host apart in traces.
     incarnation: u64,
     /// The running software's network, powered off just before a crash.
@@ -368,6 +372,61 @@ impl Nemesis {
             .map(|view| view.host)
     }
 
+    /// The shard map as the `meta` leader of the highest term applied it
+    /// (`None`: no leader running, or no data store created).
+    pub fn shard_map(&self) -> Option<ShardMap> {
+        let leader = self.leader()?;
+        let slots = lock(&self.slots);
+        let node = slots.get(&leader.host)?.node.as_ref()?;
+        let map = node.read(|app| app.shard_map.clone());
+        map.is_created().then_some(map)
+    }
+
+    /// Whether the data store could lose one node now without a partition
+    /// losing its majority: no store at all, or every partition has its R
+    /// replicas (or every store node, if fewer), all on running nodes, and
+    /// no move under way. The nemesis plays an operator who waits for
+    /// re-replication to finish before taking another disk away.
+    pub fn store_is_stable(&self) -> bool {
+        if self.options.store_partitions == 0 {
+            return true;
+        }
+        let Some(map) = self.shard_map() else {
+            return false;
+        };
+        let running: BTreeSet<u64> = self.views().iter().map(|view| view.node_id).collect();
+        let store_nodes = map
+            .nodes
+            .values()
+            .filter(|node| node.weight > 0 && !node.draining)
+            .count();
+        let wanted = (map.replication as usize).min(store_nodes).max(1);
+        map.records.iter().all(|record| {
+            record.moving.is_none()
+                && record.replicas.len() >= wanted
+                && record.replicas.iter().all(|id| running.contains(id))
+        })
+    }
+
+    /// Every running replica of `partition`: (host, node id, applied
+    /// index, digest of the partition's state), all taken at this instant.
+    pub fn partition_digests(&self, partition: u32) -> Vec<(String, u64, u64, u64)> {
+        let slots = lock(&self.slots);
+        slots
+            .iter()
+            .filter_map(|(host, slot)| {
+                let group = slot.store.as_ref()?.get(partition)?;
+                let applied = group.state.read().expect("state machine lock poisoned");
+                Some((
+                    host.clone(),
+                    group.node_id,
+                    applied.last_applied.as_ref().map_or(0, |log_id| log_id.index),
+                    applied.app.digest(),
+                ))
+            })
+            .collect()
+    }
+
     /// The state digests of the running nodes, all taken at this instant.
     pub fn digests(&self) -> Vec<StateDigest> {
         let slots = lock(&self.slots);
@@ -462,6 +521,7 @@ impl SimCluster {
                         engine: MemEngine::new(),
                         config,
                         node: None,
+                        store: None,
                         incarnation: 0,
                         transport: None,
                     },
@@ -591,6 +651,7 @@ impl SimCluster {
             .get_mut(name)
             .unwrap_or_else(|| panic!("no simulated host {name:?}"));
         slot.node = None;
+        slot.store = None;
         if let Some(transport) = slot.transport.take() {
             transport.power_off();
         }
@@ -603,6 +664,7 @@ impl SimCluster {
         let mut slots = lock(&self.slots);
         let slot = slots.get_mut(name).expect("crash of an unknown host");
         slot.node = None;
+        slot.store = None;
         slot.engine.crash();
         drop(slots);
         self.raft_trace.record_at(sim.elapsed(), format!("{name} crashed"));
@@ -620,6 +682,7 @@ impl SimCluster {
         let mut slots = lock(&self.slots);
         let slot = slots.get_mut(name).expect("wipe of an unknown host");
         slot.node = None;
+        slot.store = None;
         slot.config = None;
         slot.engine = MemEngine::new();
         drop(slots);
@@ -631,6 +694,7 @@ impl SimCluster {
         let mut slots = lock(&self.slots);
         let slot = slots.get_mut(name).expect("start of an unknown host");
         slot.node = None;
+        slot.store = None;
         slot.config = Some(config);
         drop(slots);
         sim.bounce(name);
@@ -759,7 +823,12 @@ async fn host_software(
             return Ok(());
         }
     };
-    lock(&slots).get_mut(&name).expect("every host has a slot").node = Some(node.meta.clone());
+    {
+        let mut slots = lock(&slots);
+        let slot = slots.get_mut(&name).expect("every host has a slot");
+        slot.node = Some(node.meta.clone());
+        slot.store = Some(node.store.clone());
+    }
     raft_trace.record(format!("{name} started ({incarnation}) as {:x}", node.node_id));
     tokio::select! {
         // Raft stopping by itself is fatal; it also ends the watcher, so
@@ -781,6 +850,7 @@ async fn host_software(
         let mut slots = lock(&slots);
         let slot = slots.get_mut(&name).expect("every host has a slot");
         slot.node = None;
+        slot.store = None;
         slot.config = None;
     }
     node.shutdown().await;

@@ -75,6 +75,7 @@ pub mod coordination;
 pub mod disk;
 pub mod invariants;
 pub mod linearizability;
+pub mod logging;
 pub mod nemesis;
 pub mod run;
 pub mod trace;

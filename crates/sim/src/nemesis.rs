@@ -569,8 +569,12 @@ pub async fn run_node_lane(context: LaneContext, episodes: Vec<Episode<NodeFault
 
 /// The voters, when the membership is stable enough to lose one of them:
 /// a leader whose configuration has at least three voters and no learner
-/// (no change half done), every voter running.
+/// (no change half done), every voter running, and a data store (if any)
+/// with every partition fully replicated ([`Nemesis::store_is_stable`]).
 fn stable_voters(nemesis: &Nemesis) -> Option<Vec<crate::cluster::NodeView>> {
+    if !nemesis.store_is_stable() {
+        return None;
+    }
     let leader = nemesis.leader()?;
     if leader.voters.len() < 3 || !leader.learners.is_empty() {
         return None;

@@ -144,7 +144,7 @@ const DRAIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// leaving until none is left.
 pub async fn run_drain(args: DrainArgs, undo: bool) -> anyhow::Result<()> {
     let store = connect(&args.client).await?;
-    let (id, mut replicas) = store.drain(&args.name, undo).await?;
+    let (id, mut replicas) = store.drain(&args.name, 0, undo).await?;
     let verb = if undo { "undrained" } else { "draining" };
     if args.client.json && !(args.wait && !undo) {
         print_output(&json_line(

@@ -419,12 +419,7 @@ impl MetaGroup {
     fn check_quorum_after(&self, voters_after: &BTreeSet<u64>) -> Result<(), MetaError> {
         let active = voters_after
             .iter()
-            .filter(|id| {
-                **id == self.node_id
-                    || self
-                        .peer_address_of(**id)
-                        .is_some_and(|address| self.pool.answered_within(&address, ACTIVE_PEER_WINDOW))
-            })
+            .filter(|id| **id == self.node_id || self.pool.answered_within(**id, ACTIVE_PEER_WINDOW))
             .count();
         let quorum = voters_after.len() / 2 + 1;
         if active < quorum {

@@ -52,9 +52,12 @@ pub trait PeerAddress {
 pub struct PeerPool {
     transport: Arc<dyn Transport>,
     channels: Mutex<BTreeMap<String, Channel>>,
-    /// When each peer address last answered a Raft message: the liveness
-    /// that membership changes check (etcd's "active" members).
-    last_answer: Mutex<BTreeMap<String, tokio::time::Instant>>,
+    /// When each member (by id) last answered a Raft message: the liveness
+    /// that membership changes check (etcd's "active" members) and the
+    /// store's failure detector reads. Keyed by id, not address: a removed
+    /// member's address is reused by the member that replaces it, whose
+    /// answers say nothing about the old one.
+    last_answer: Mutex<BTreeMap<u64, tokio::time::Instant>>,
 }
 
 impl PeerPool {
@@ -78,33 +81,27 @@ impl PeerPool {
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
     }
 
-    /// Record that the peer at `address` answered a Raft message now.
-    pub fn record_answer(&self, address: &str) {
+    /// Record that member `member_id` answered a Raft message now.
+    pub fn record_answer(&self, member_id: u64) {
         let now = tokio::time::Instant::now();
         self.last_answer
             .lock()
             .expect("peer pool lock poisoned")
-            .insert(address.to_string(), now);
+            .insert(member_id, now);
     }
 
-    /// When the peer at `address` last answered a Raft message, if ever.
-    pub fn last_answer(&self, address: &str) -> Option<tokio::time::Instant> {
+    /// When member `member_id` last answered a Raft message, if ever.
+    pub fn last_answer(&self, member_id: u64) -> Option<tokio::time::Instant> {
         self.last_answer
             .lock()
             .expect("peer pool lock poisoned")
-            .get(address)
+            .get(&member_id)
             .copied()
     }
 
-    /// Whether the peer at `address` answered within `window`.
-    pub fn answered_within(&self, address: &str, window: Duration) -> bool {
-        let last = self
-            .last_answer
-            .lock()
-            .expect("peer pool lock poisoned")
-            .get(address)
-            .copied();
-        last.is_some_and(|at| at.elapsed() <= window)
+    /// Whether member `member_id` answered within `window`.
+    pub fn answered_within(&self, member_id: u64, window: Duration) -> bool {
+        self.last_answer(member_id).is_some_and(|at| at.elapsed() <= window)
     }
 }
 
@@ -230,9 +227,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                 });
             }
             Ok(Ok(reply)) => {
-                if let Some(address) = &self.address {
-                    self.pool.record_answer(address);
-                }
+                self.pool.record_answer(self.to_member_id);
                 reply.into_inner()
             }
         };

@@ -67,8 +67,22 @@ impl StoreService {
         }
     }
 
-    /// The shard map as this node knows it, or why there is none.
-    fn shard_map(&self) -> Result<ShardMap, Status> {
+    /// The shard map as this node knows it, or why there is none. A node
+    /// without a map confirms with the `meta` leader first (it may be a
+    /// member that joined and is still catching up), so "no data store" is
+    /// only said of a cluster that has none.
+    async fn shard_map(&self) -> Result<ShardMap, Status> {
+        let map = self.meta.read(|app| app.shard_map.clone());
+        if map.is_created() {
+            return Ok(map);
+        }
+        if let Err(error) = self.meta.linearizable_barrier().await {
+            return Err(status(
+                Code::Unavailable,
+                format!("zongheng: cannot read the shard map: {error}; retry"),
+                "ZH_STORE_NOT_READY",
+            ));
+        }
         let map = self.meta.read(|app| app.shard_map.clone());
         if map.is_created() {
             return Ok(map);
@@ -160,7 +174,7 @@ impl Store for StoreService {
 
     async fn partition(&self, request: Request<PartitionCall>) -> Result<Response<PartitionReply>, Status> {
         let call = request.into_inner();
-        let map = self.shard_map()?;
+        let map = self.shard_map().await?;
         if call.partition >= map.partitions {
             return Err(status(
                 Code::InvalidArgument,
@@ -188,13 +202,13 @@ impl Store for StoreService {
     }
 
     async fn shard_map(&self, _request: Request<ShardMapRequest>) -> Result<Response<ShardMapReply>, Status> {
-        let map = self.shard_map()?;
+        let map = self.shard_map().await?;
         Ok(Response::new(shard_map_reply(&map, &self.meta)))
     }
 
     async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let request = request.into_inner();
-        self.shard_map()?;
+        self.shard_map().await?;
         let id = if request.name.is_empty() {
             request.id
         } else {

@@ -29,7 +29,10 @@
 //!    when it differs from the map's ([`ShardMapCommand::ReportReplicas`]);
 //!    carry out the partition's move: add the target as a learner, wait until
 //!    it is within [`LEARNER_CATCH_UP_LAG_MAX`] entries, then replace the
-//!    voters in one joint-consensus change (openraft's `change_membership`);
+//!    voters in one joint-consensus change (openraft's `change_membership`),
+//!    but only while a majority of both the old and the new voters answered
+//!    lately (a joint configuration without a live quorum in one half stalls
+//!    the partition until those members return);
 //!    remove learners no move asks for; and bring the partition's epoch up to
 //!    the map's ([`PartitionCommand::SetEpoch`]). One such task runs per
 //!    partition at a time.
@@ -57,6 +60,7 @@ use super::group::{group_of, partition_of_group, PartitionGroup, STORE_GROUP_BAS
 use super::shard_map::{PartitionRecord, ShardMap, ShardMapCommand, CREATION_EPOCH};
 use super::StoreGroups;
 use crate::meta::command::MetaCommand;
+use crate::meta::group::ACTIVE_PEER_WINDOW;
 use crate::meta::MetaGroup;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, PeerAddress, PeerPool};
@@ -488,6 +492,19 @@ async fn reconcile_membership(
         if !caught_up {
             return Ok(());
         }
+    }
+    // etcd's rule, as for `meta` (`MetaGroup::check_quorum_after`): a
+    // change whose old or new voters could not form a quorum of members that
+    // answered lately would stall the partition in a joint configuration
+    // until they return, or for good if one was wiped. An intent decided
+    // long ago (the driver's view was cut off) meets today's cluster here.
+    let active = |id: &u64| *id == context.node_id || context.pool.answered_within(*id, ACTIVE_PEER_WINDOW);
+    let has_quorum = |set: &BTreeSet<u64>| set.iter().filter(|id| active(id)).count() * 2 > set.len();
+    if !has_quorum(&voters) || !has_quorum(&target) {
+        return Err(format!(
+            "not changing voters {voters:x?} to {target:x?}: too few of them answered within {} ms",
+            ACTIVE_PEER_WINDOW.as_millis()
+        ));
     }
     tracing::info!(partition, ?intent, "changing the partition's voters");
     change(group, ChangeMembers::ReplaceAllVoters(target)).await

@@ -7,20 +7,27 @@
 //!    started to create one (`--store-partitions`): once every `meta` voter
 //!    has registered (or after [`CREATE_WAIT`]), place P partitions over
 //!    the registered nodes ([`zongheng_algo::place`]) and propose the map.
-//! 2. **Watch liveness**: every `meta` member answers this leader's Raft
+//! 2. **Forget** registered store nodes that are no longer `meta` members
+//!    (removal's own clean-up is best effort).
+//! 3. **Watch liveness**: every `meta` member answers this leader's Raft
 //!    heartbeats, so when each last answered ([`PeerPool::last_answer`]) is
 //!    a heartbeat failure detector for free ([`FailureDetector`]). A node
 //!    silent for `--store-dead-after-ms`, or no longer a member, is dead: it
 //!    leaves the target placement and its replicas are re-created elsewhere.
 //!    A newly elected leader counts silence from its election, so it never
 //!    condemns a node sooner than the threshold after taking over.
-//! 3. **Plan**: the target is `place` over the live, undrained nodes of
-//!    non-zero weight; [`zongheng_algo::plan_moves`] picks the moves that
+//! 4. **Plan**: the target is `place` over the live, undrained nodes of
+//!    non-zero weight. Where that leaves a partition fewer than R replicas
+//!    (too few nodes), it keeps the replicas it has, dead and draining ones
+//!    included: a replica is removed without a replacement only from a
+//!    partition holding more than R (so a drain needs R other nodes, as in
+//!    TiKV, and waits for one to join otherwise).
+//!    [`zongheng_algo::plan_moves`] picks the moves that
 //!    take the current replica sets towards it, repairs first, at most
 //!    `--store-moves-max` under way at once. Each becomes a
 //!    [`ShardMapCommand::StartMove`] against the partition's epoch; the
 //!    partition's leader carries it out (`store::agent`).
-//! 4. **Cancel** a move whose target died or is being drained, or that has
+//! 5. **Cancel** a move whose target died or is being drained, or that has
 //!    not finished within [`MOVE_STALL_TIMEOUT`]; the next plan starts
 //!    over from what the partition reports.
 //!
@@ -46,7 +53,7 @@ use super::shard_map::{MoveIntent, ShardMap, ShardMapCommand};
 use crate::config::StoreSettings;
 use crate::meta::command::MetaCommand;
 use crate::meta::MetaGroup;
-use crate::raft::network::{PeerAddress, PeerPool};
+use crate::raft::network::PeerPool;
 
 /// How often the driver looks at the cluster.
 pub const DRIVER_INTERVAL: Duration = Duration::from_millis(500);
@@ -134,17 +141,26 @@ async fn step(context: &DriverContext, state: &mut Leading, clock_base: Instant)
     }
     // Liveness from the answers to this leader's Raft messages.
     let now_ms = millis_since(clock_base, Instant::now());
-    for (id, node) in &members {
+    for id in members.keys() {
         if *id == context.node_id {
             state.detector.heard(*id, now_ms);
-        } else if let Some(at) = node
-            .peer_address()
-            .and_then(|address| context.pool.last_answer(&address))
-        {
+        } else if let Some(at) = context.pool.last_answer(*id) {
             state.detector.heard(*id, millis_since(clock_base, at));
         }
     }
     let dead = |id: u64| !members.contains_key(&id) || state.detector.liveness(&id, now_ms) == Liveness::Dead;
+
+    // A store node that left the cluster (its removal's clean-up is best
+    // effort) is forgotten, so it neither counts nor stays draining.
+    for id in map.nodes.keys().filter(|id| !members.contains_key(id)) {
+        tracing::info!(
+            node = format!("{id:x}"),
+            "forgetting a store node that left the cluster"
+        );
+        if let Err(error) = context.meta.write(MetaCommand::ForgetMember { id: *id }).await {
+            tracing::debug!(%error, "forgetting a departed store node");
+        }
+    }
 
     // Cancel moves that cannot or did not finish.
     let mut moving = BTreeSet::new();
@@ -165,8 +181,12 @@ async fn step(context: &DriverContext, state: &mut Leading, clock_base: Instant)
             .add
             .is_some_and(|add| dead(add) || map.nodes.get(&add).is_none_or(|node| node.draining || node.weight == 0));
         let stalled = seen.2.elapsed() > MOVE_STALL_TIMEOUT;
+        // Either way the partition is left alone until the next round, so
+        // a cancelled move is not planned again at once.
+        moving.insert(partition);
         if target_gone || stalled {
             tracing::info!(partition, ?intent, target_gone, stalled, "cancelling a replica move");
+            state.moves_seen.remove(&partition);
             propose(
                 context,
                 ShardMapCommand::CancelMove {
@@ -175,9 +195,7 @@ async fn step(context: &DriverContext, state: &mut Leading, clock_base: Instant)
                 },
             )
             .await;
-            continue;
         }
-        moving.insert(partition);
     }
 
     let eligible: Vec<NodeSpec> = map
@@ -199,13 +217,32 @@ async fn step(context: &DriverContext, state: &mut Leading, clock_base: Instant)
         replicas: map.replication as usize,
         ..PlacementConfig::default()
     };
-    let target = match place(&eligible, map.partitions, &config) {
+    let mut target = match place(&eligible, map.partitions, &config) {
         Ok(target) => target,
         Err(error) => {
             tracing::warn!(%error, "cannot compute the store's target placement");
             return;
         }
     };
+    // Too few eligible nodes for R replicas: keep the replicas a partition
+    // has rather than remove them with nothing to replace them (a dead one
+    // may come back; a draining one waits for a node to take its place).
+    // Going from R voters to fewer is never planned: a joint configuration
+    // whose new half has two voters stalls for good if either dies.
+    for (set, record) in target.replicas.iter_mut().zip(&map.records) {
+        let wanted = (map.replication as usize).min(record.replicas.len());
+        let draining = |id: &u64| map.nodes.get(id).is_some_and(|node| node.draining);
+        let (staying, leaving): (Vec<u64>, Vec<u64>) = record.replicas.iter().partition(|id| !draining(id));
+        for id in staying.into_iter().chain(leaving) {
+            if set.len() >= wanted {
+                break;
+            }
+            let name = placement_name(id);
+            if !set.contains(&name) {
+                set.push(name);
+            }
+        }
+    }
     let current: Vec<Vec<String>> = map
         .records
         .iter()

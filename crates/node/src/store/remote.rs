@@ -145,13 +145,14 @@ impl RemoteStore {
         Err(last)
     }
 
-    /// Drain the store node named `name` (or take it back with `undo`);
-    /// answers its id and the replicas it still holds.
-    pub async fn drain(&self, name: &str, undo: bool) -> Result<(u64, u32), StoreError> {
+    /// Drain the store node named `name`, or with an empty name the one
+    /// with id `id` (or take it back with `undo`); answers its id and the
+    /// replicas it still holds.
+    pub async fn drain(&self, name: &str, id: u64, undo: bool) -> Result<(u64, u32), StoreError> {
         let mut client = self.client();
         let mut request = tonic::Request::new(DrainRequest {
             name: name.to_string(),
-            id: 0,
+            id,
             undo,
         });
         request.set_timeout(STORE_CALL_TIMEOUT);

@@ -47,13 +47,10 @@ struct Args {
 }
 
 fn options(args: &Args, seed: u64) -> BankOptions {
-    BankOptions {
-        fault_time: Duration::from_secs(args.fault_seconds),
-        ..BankOptions::new(seed)
-    }
+    BankOptions::new(seed).with_fault_time(Duration::from_secs(args.fault_seconds))
 }
 
-/// One seed here; prints `OUTCOME ok committed refused unknown abandoned audits faults` or the failure.
+/// One seed here; prints `OUTCOME ok committed refused unknown abandoned audits faults moves registers` or the failure.
 fn replay(args: &Args, seed: u64) -> bool {
     let trace = Trace::default();
     match run_bank(&options(args, seed), &trace) {
@@ -70,8 +67,12 @@ fn replay(args: &Args, seed: u64) -> bool {
                 abandoned,
                 audits,
                 faults,
+                moves,
+                register_operations,
             } = report;
-            println!("OUTCOME ok {committed} {refused} {unknown} {abandoned} {audits} {faults}");
+            println!(
+                "OUTCOME ok {committed} {refused} {unknown} {abandoned} {audits} {faults} {moves} {register_operations}"
+            );
             true
         }
         Err(error) => {
@@ -88,11 +89,12 @@ fn replay(args: &Args, seed: u64) -> bool {
 struct Totals {
     done: u64,
     failed: Vec<(u64, String)>,
-    counts: [u64; 6],
+    counts: [u64; 8],
 }
 
 fn main() {
     let args = Args::parse();
+    zongheng_sim::logging::init_logging();
     if let Some(seed) = args.seed {
         let passed = replay(&args, seed);
         std::process::exit(if passed { 0 } else { 1 });
@@ -139,10 +141,11 @@ fn main() {
                     }
                 }
                 if totals.done % progress_every == 0 || totals.done == seeds {
-                    let [committed, refused, unknown, abandoned, audits, faults] = totals.counts;
+                    let [committed, refused, unknown, abandoned, audits, faults, moves, registers] = totals.counts;
                     println!(
                         "progress: {} seeds, {} failed, {committed} committed, {refused} refused, {unknown} unknown, \
-                         {abandoned} abandoned, {audits} audits, {faults} faults, {} s wall",
+                         {abandoned} abandoned, {audits} audits, {faults} faults, {moves} replica-set changes, \
+                         {registers} register operations checked, {} s wall",
                         totals.done,
                         totals.failed.len(),
                         started.elapsed().as_secs()

@@ -205,29 +205,6 @@ impl Outcome {
     }
 }
 
-/// Log lines stamped with simulated time (milliseconds since the start).
-struct SimTime;
-
-impl tracing_subscriber::fmt::time::FormatTime for SimTime {
-    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        match turmoil::sim_elapsed() {
-            Some(elapsed) => write!(w, "{:>9.3}s", elapsed.as_secs_f64()),
-            None => write!(w, "{:>10}", "-"),
-        }
-    }
-}
-
-fn init_logging() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_timer(SimTime)
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
-}
-
 /// Run `seed` here; save its report if it failed (or `save`).
 fn run_here(args: &Args, seed: u64, save: bool) -> (RunReport, Outcome) {
     let report = run(&args.options(seed));
@@ -332,7 +309,7 @@ struct Totals {
 }
 
 fn main() {
-    init_logging();
+    zongheng_sim::logging::init_logging();
     let args = Args::parse();
     if let Some(seed) = args.seed {
         std::process::exit(if replay(&args, seed) { 0 } else { 1 });
