@@ -378,41 +378,14 @@ async fn run_store_lane(nemesis: Nemesis, options: BankOptions, shared: Arc<Mute
     }
 }
 
-/// Part of healing: take back every node still marked draining (a drain
-/// whose answer was lost, or one cut short by the end of the faults).
-async fn undrain_all(nemesis: &Nemesis, trace: &Trace) {
-    let Ok(store) = connect(nemesis.hosts()).await else {
-        return;
-    };
-    for _ in 0..60 {
-        let Some(map) = nemesis.shard_map() else {
-            tokio::time::sleep(CONVERGENCE_POLL).await;
-            continue;
-        };
-        let draining: Vec<u64> = map
-            .nodes
-            .iter()
-            .filter(|(_, node)| node.draining)
-            .map(|(id, _)| *id)
-            .collect();
-        if draining.is_empty() {
-            return;
-        }
-        for id in draining {
-            if store.drain("", id, true).await.is_ok() {
-                trace.record(format!("healing: undrained {id:x}"));
-            }
-        }
-        tokio::time::sleep(CONVERGENCE_POLL).await;
-    }
-}
-
 /// After healing: wait until every partition has its replicas on running
-/// nodes, no move under way and every node taken back, then until the
-/// replicas of each partition hold identical states. Returns the epochs
-/// gained (moves finished) over the run.
+/// nodes, no move under way and every node taken back (a drain whose
+/// answer was lost may still apply after the faults: it is undone here, as
+/// an operator would), then until the replicas of each partition hold
+/// identical states. Returns the epochs gained (moves finished) over the run.
 async fn converge(nemesis: &Nemesis, trace: &Trace) -> Result<u64, String> {
     let deadline = turmoil::sim_elapsed().unwrap_or_default() + CONVERGENCE_TIMEOUT;
+    let store = connect(nemesis.hosts()).await?;
     let mut last_problem;
     loop {
         last_problem = match nemesis.shard_map() {
@@ -432,7 +405,7 @@ async fn converge(nemesis: &Nemesis, trace: &Trace) -> Result<u64, String> {
                     .filter(|(_, record)| {
                         record.moving.is_some()
                             || record.replicas.len() != wanted
-                            || record.replicas.iter().any(|id| !running.contains(id))
+                            || record.replicas.iter().any(|replica| !running.contains(&replica.node))
                     })
                     .map(|(partition, record)| {
                         format!("{partition}: {:x?} moving {:?}", record.replicas, record.moving)
@@ -445,6 +418,12 @@ async fn converge(nemesis: &Nemesis, trace: &Trace) -> Result<u64, String> {
                 if map.nodes.keys().any(|id| !members.contains(id)) {
                     "a node that left the cluster is still registered".to_string()
                 } else if map.nodes.values().any(|node| node.draining) {
+                    for (id, _) in map.nodes.iter().filter(|(_, node)| node.draining) {
+                        match store.drain("", *id, true).await {
+                            Ok(_) => trace.record(format!("healing: undrained {id:x}")),
+                            Err(error) => trace.record(format!("healing: undrain of {id:x} failed: {error}")),
+                        }
+                    }
                     "a node is still draining".to_string()
                 } else if !unsettled.is_empty() {
                     format!("partitions not settled: {}", unsettled.join("; "))
@@ -454,7 +433,7 @@ async fn converge(nemesis: &Nemesis, trace: &Trace) -> Result<u64, String> {
                         let digests = nemesis.partition_digests(partition as u32);
                         let replicas: Vec<_> = digests
                             .iter()
-                            .filter(|(_, id, _, _)| record.replicas.contains(id))
+                            .filter(|(_, id, _, _)| record.replicas.iter().any(|replica| replica.id == *id))
                             .collect();
                         let same = replicas.len() == record.replicas.len()
                             && replicas
@@ -739,6 +718,12 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                                             .unwrap_or_default()
                                     )
                                 })
+                                .chain(
+                                    map.nodes
+                                        .iter()
+                                        .filter(|(_, node)| node.draining)
+                                        .map(|(id, _)| format!("draining {id:x}")),
+                                )
                                 .collect::<Vec<_>>()
                                 .join(" | "),
                             None => "no shard map".into(),
@@ -760,7 +745,6 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
             )
             .await;
             nemesis::heal_all(&nemesis, &trace).await;
-            undrain_all(&nemesis, &trace).await;
             {
                 let mut shared = shared.lock().unwrap();
                 shared.faults_over = true;

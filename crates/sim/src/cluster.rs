@@ -404,11 +404,11 @@ impl Nemesis {
         map.records.iter().all(|record| {
             record.moving.is_none()
                 && record.replicas.len() >= wanted
-                && record.replicas.iter().all(|id| running.contains(id))
+                && record.replicas.iter().all(|replica| running.contains(&replica.node))
         })
     }
 
-    /// Every running replica of `partition`: (host, node id, applied
+    /// Every running replica of `partition`: (host, replica id, applied
     /// index, digest of the partition's state), all taken at this instant.
     pub fn partition_digests(&self, partition: u32) -> Vec<(String, u64, u64, u64)> {
         let slots = lock(&self.slots);
@@ -419,7 +419,7 @@ impl Nemesis {
                 let applied = group.state.read().expect("state machine lock poisoned");
                 Some((
                     host.clone(),
-                    group.node_id,
+                    group.replica_id,
                     applied.last_applied.as_ref().map_or(0, |log_id| log_id.index),
                     applied.app.digest(),
                 ))

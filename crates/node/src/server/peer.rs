@@ -44,7 +44,7 @@ impl PeerService {
     }
 
     async fn partition_raft(&self, group: &PartitionGroup, request: RaftRequest) -> Result<Vec<u8>, Status> {
-        refuse_misaddressed_id(group.node_id, request.to_member_id)?;
+        refuse_misaddressed_id(group.replica_id, request.to_member_id)?;
         let kind = RaftKind::try_from(request.kind).unwrap_or(RaftKind::Unspecified);
         match kind {
             RaftKind::AppendEntries => {
@@ -292,9 +292,9 @@ impl Peer for PeerService {
             )));
         };
         let partition = partition?;
-        let reply = match partition.replica_status(request.node_id).await {
+        let reply = match partition.replica_status(request.replica_id).await {
             Ok(member) => ReplicaStatusReply {
-                leader_id: partition.node_id,
+                leader_id: partition.replica_id,
                 confirmed: true,
                 member,
             },

@@ -123,7 +123,7 @@ impl StoreService {
                     .record(partition)
                     .map(|record| {
                         let mut nodes: Vec<u64> = record.leader.into_iter().collect();
-                        nodes.extend(record.replicas.iter().filter(|id| Some(**id) != record.leader));
+                        nodes.extend(record.nodes().into_iter().filter(|id| Some(*id) != record.leader));
                         nodes
                     })
                     .unwrap_or_default()
@@ -277,13 +277,16 @@ pub fn shard_map_reply(map: &ShardMap, meta: &MetaGroup) -> ShardMapReply {
         .enumerate()
         .map(|(id, record)| PartitionInfo {
             id: id as u32,
-            replicas: record.replicas.iter().map(|node| name(*node)).collect(),
+            replicas: record.nodes().into_iter().map(name).collect(),
             leader: record.leader.map(name).unwrap_or_default(),
             epoch: record.epoch,
-            replica_ids: record.replicas.clone(),
+            replica_ids: record.nodes(),
             leader_id: record.leader.unwrap_or(0),
-            moving_add: record.moving.and_then(|intent| intent.add).unwrap_or(0),
-            moving_remove: record.moving.and_then(|intent| intent.remove).unwrap_or(0),
+            moving_add: record
+                .moving
+                .and_then(|step| step.add)
+                .map_or(0, |replica| replica.node),
+            moving_remove: record.moving.and_then(|step| step.remove).unwrap_or(0),
         })
         .collect();
     let nodes = map

@@ -7,12 +7,16 @@
 //!
 //! 1. **Register**: the node offers itself to the store with its weight and
 //!    zone ([`ShardMapCommand::Register`]); again whenever they change.
-//! 2. **Open** a replica of every partition the map wants here (a voter, or
-//!    the target of a move): an openraft instance on this node's engine. A
-//!    partition still at its creation (epoch 1, no reported change) is
-//!    initialized with its first replica set, as `meta` members initialize
-//!    `meta`; any other replica starts empty and is caught up by its leader
-//!    (log or snapshot) once that leader adds it as a learner.
+//! 2. **Open** the replica the map wants here for each partition (a voter,
+//!    or the target of a move): an openraft instance on this node's engine,
+//!    under the replica's own id. A partition still at its creation (epoch
+//!    1, no reported change) is initialized with its first replica set, as
+//!    `meta` members initialize `meta`; any other replica starts empty and is
+//!    caught up by its leader (log or snapshot) once that leader adds it as a
+//!    learner. Which replica a partition's data on this disk belongs to is
+//!    recorded next to it (`Key::Local` `store/replica/P`), written before
+//!    the replica first starts: a new replica never starts on an older
+//!    replica's data, which must be deleted first (step 4).
 //! 3. **Close** a replica the map no longer wants (its partition reported a
 //!    committed membership without this node, or a move here was
 //!    cancelled). Closing only stops the replica; its data stays.
@@ -22,8 +26,8 @@
 //!    (`Peer.ReplicaStatus`). The map can lag the group, and a node whose
 //!    view lags the map could otherwise erase a voter's log, which Raft
 //!    never allows (a wiped voter can help commit an entry twice). Data on
-//!    disk for partitions the map does not want here, found when the agent
-//!    starts, goes through the same check.
+//!    disk for partitions the map does not want here, or for an older
+//!    replica than the one it wants, goes through the same check.
 //! 5. **Lead**: for every partition this node leads, report the leadership
 //!    ([`ShardMapCommand::ReportLeader`]); report the committed voter set
 //!    when it differs from the map's ([`ShardMapCommand::ReportReplicas`]);
@@ -55,9 +59,9 @@ use zongheng_algo::PartitionId;
 use zongheng_proto::peer::ReplicaStatusRequest;
 use zongheng_storage::{Durability, Engine, Key, WriteBatch};
 
-use super::app::{PartitionApp, PartitionCommand};
-use super::group::{group_of, partition_of_group, PartitionGroup, STORE_GROUP_BASE};
-use super::shard_map::{PartitionRecord, ShardMap, ShardMapCommand, CREATION_EPOCH};
+use super::app::{PartitionApp, PartitionCommand, ReplicaNode};
+use super::group::{group_of, PartitionGroup};
+use super::shard_map::{PartitionRecord, Replica, ShardMap, ShardMapCommand, CREATION_EPOCH};
 use super::StoreGroups;
 use crate::meta::command::MetaCommand;
 use crate::meta::group::ACTIVE_PEER_WINDOW;
@@ -65,7 +69,7 @@ use crate::meta::MetaGroup;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, PeerAddress, PeerPool};
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::{PeerNode, RaftSettings};
+use crate::raft::RaftSettings;
 
 /// How often the agent compares the map with the local replicas.
 pub const AGENT_INTERVAL: Duration = Duration::from_millis(200);
@@ -74,8 +78,8 @@ pub const AGENT_INTERVAL: Duration = Duration::from_millis(200);
 pub const LEARNER_CATCH_UP_LAG_MAX: u64 = 64;
 /// How long one `ReplicaStatus` question may take.
 const REPLICA_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most groups with data on disk the agent lists at start (the partition
-/// count is at most 4,096).
+/// Most replica records the agent lists at start (the partition count is
+/// at most 4,096, one record each).
 const LOCAL_GROUPS_SCAN_MAX: usize = 8_192;
 
 /// What the agent needs from its node.
@@ -97,8 +101,7 @@ pub struct AgentContext {
 pub async fn run(context: AgentContext, mut shutdown: watch::Receiver<bool>) {
     let mut agent = Agent {
         context: Arc::new(context),
-        retired: BTreeSet::new(),
-        disk_scanned: false,
+        on_disk: None,
         leading: Arc::new(Mutex::new(BTreeSet::new())),
         shutdown: shutdown.clone(),
     };
@@ -113,10 +116,9 @@ pub async fn run(context: AgentContext, mut shutdown: watch::Receiver<bool>) {
 
 struct Agent {
     context: Arc<AgentContext>,
-    /// Partitions whose replica here is closed and whose data waits for the
-    /// leader's word before it is deleted.
-    retired: BTreeSet<PartitionId>,
-    disk_scanned: bool,
+    /// The replica each partition's data on this disk belongs to (read
+    /// from the disk at the first tick with a map, then kept in step).
+    on_disk: Option<BTreeMap<PartitionId, u64>>,
     /// Partitions with a leader task running.
     leading: Arc<Mutex<BTreeSet<PartitionId>>>,
     shutdown: watch::Receiver<bool>,
@@ -132,29 +134,25 @@ impl Agent {
         if !map.is_created() {
             return;
         }
+        if self.on_disk.is_none() {
+            match replicas_on_disk(&*context.engine) {
+                Ok(on_disk) => self.on_disk = Some(on_disk),
+                Err(error) => {
+                    tracing::warn!(%error, "listing the replicas on disk");
+                    return;
+                }
+            }
+        }
         let wanted = map.wanted_by(context.node_id);
-        if !self.disk_scanned {
-            match groups_on_disk(&*context.engine) {
-                Ok(on_disk) => {
-                    self.retired
-                        .extend(on_disk.into_iter().filter(|partition| !wanted.contains(partition)));
-                    self.disk_scanned = true;
-                }
-                Err(error) => tracing::warn!(%error, "listing the partitions on disk"),
-            }
-        }
-        for partition in &wanted {
-            if context.groups.get(*partition).is_none() {
-                self.retired.remove(partition);
-                if let Err(error) = self.open(*partition, &map).await {
-                    tracing::warn!(partition, %error, "opening a partition replica");
-                }
-            }
-        }
+        // Close replicas the map no longer wants here (or wants as another replica).
         for group in context.groups.all() {
-            if !wanted.contains(&group.partition) {
+            let keep = wanted
+                .get(&group.partition)
+                .is_some_and(|replica| replica.id == group.replica_id);
+            if !keep {
                 tracing::info!(
                     partition = group.partition,
+                    replica = format!("{:x}", group.replica_id),
                     "the shard map no longer lists this replica: closing it"
                 );
                 if let Some(group) = context.groups.remove(group.partition) {
@@ -162,18 +160,52 @@ impl Agent {
                         tracing::warn!(partition = group.partition, %error, "partition raft did not shut down cleanly");
                     }
                 }
-                self.retired.insert(group.partition);
             }
         }
-        for partition in self.retired.clone() {
-            if confirmed_removed(&context, partition, &map).await {
+        // Delete the data of closed replicas their leader confirms are gone.
+        let stale: Vec<(PartitionId, u64)> = self
+            .on_disk
+            .as_ref()
+            .expect("read above")
+            .iter()
+            .filter(|(partition, replica)| {
+                context.groups.get(**partition).is_none()
+                    && wanted.get(partition).is_none_or(|wanted| wanted.id != **replica)
+            })
+            .map(|(partition, replica)| (*partition, *replica))
+            .collect();
+        for (partition, replica) in stale {
+            if confirmed_removed(&context, partition, replica, &map).await {
                 match purge(&*context.engine, partition) {
                     Ok(()) => {
-                        tracing::info!(partition, "deleted the data of a removed replica");
-                        self.retired.remove(&partition);
+                        tracing::info!(
+                            partition,
+                            replica = format!("{replica:x}"),
+                            "deleted the data of a removed replica"
+                        );
+                        self.on_disk.as_mut().expect("read above").remove(&partition);
                     }
                     Err(error) => tracing::warn!(partition, %error, "deleting a removed replica's data"),
                 }
+            }
+        }
+        // Open the wanted replicas whose disk space is free or already theirs.
+        for (partition, replica) in &wanted {
+            if context.groups.get(*partition).is_some() {
+                continue;
+            }
+            let on_disk = self.on_disk.as_ref().expect("read above").get(partition).copied();
+            if on_disk.is_some_and(|owner| owner != replica.id) {
+                continue; // an older replica's data waits for deletion
+            }
+            match self.open(*partition, *replica, &map, on_disk.is_none()).await {
+                Ok(()) => {
+                    self.on_disk
+                        .as_mut()
+                        .expect("read above")
+                        .insert(*partition, replica.id);
+                }
+                Err(error) => tracing::warn!(partition, %error, "opening a partition replica"),
             }
         }
         for group in context.groups.all() {
@@ -199,10 +231,14 @@ impl Agent {
         }
     }
 
-    /// Start this node's replica of `partition` (see the module doc, step 2).
-    async fn open(&self, partition: PartitionId, map: &ShardMap) -> Result<(), String> {
+    /// Start `replica` of `partition` here (see the module doc, step 2);
+    /// `fresh`: no data of this partition is on disk yet.
+    async fn open(&self, partition: PartitionId, replica: Replica, map: &ShardMap, fresh: bool) -> Result<(), String> {
         let context = &self.context;
         let group = group_of(partition);
+        if fresh {
+            record_replica(&*context.engine, partition, replica.id).map_err(|error| error.to_string())?;
+        }
         let raft_config = context
             .raft
             .openraft_config(&format!("{}/partition/{partition}", context.cluster_token))
@@ -214,23 +250,18 @@ impl Agent {
         // A removed partition replica is closed by this agent, not by the network layer.
         let (removed, _) = watch::channel(false);
         let network = NetworkFactory::new(context.pool.clone(), group, Arc::new(removed));
-        let raft = Raft::new(
-            context.node_id,
-            Arc::new(raft_config),
-            network,
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(|error| error.to_string())?;
+        let raft = Raft::new(replica.id, Arc::new(raft_config), network, log_store, state_machine)
+            .await
+            .map_err(|error| error.to_string())?;
         if let Some(record) = map.record(partition) {
-            if at_creation(record) && record.replicas.contains(&context.node_id) {
+            if at_creation(record) && record.replicas.contains(&replica) {
                 initialize(context, &raft, partition, record).await;
             }
         }
         context.groups.insert(Arc::new(PartitionGroup::new(
             partition,
             map.partitions,
+            replica.id,
             context.node_id,
             raft.clone(),
             shared,
@@ -241,7 +272,11 @@ impl Agent {
             Duration::from_millis(context.raft.election_timeout_ms),
             self.shutdown.clone(),
         ));
-        tracing::info!(partition, "partition replica opened");
+        tracing::info!(
+            partition,
+            replica = format!("{:x}", replica.id),
+            "partition replica opened"
+        );
         Ok(())
     }
 }
@@ -249,6 +284,15 @@ impl Agent {
 /// A partition whose replica set never changed since the map was created.
 fn at_creation(record: &PartitionRecord) -> bool {
     record.epoch == CREATION_EPOCH && record.membership_index == 0
+}
+
+/// How a partition group's membership names `replica`: its node and that
+/// node's peer URLs (from `meta`'s membership).
+fn replica_node(context: &AgentContext, replica: Replica) -> Option<ReplicaNode> {
+    context.meta.peer_node(replica.node).map(|peer| ReplicaNode {
+        node: replica.node,
+        peer_urls: peer.peer_urls,
+    })
 }
 
 /// Initialize a new partition group with its first replica set; refused
@@ -260,10 +304,10 @@ async fn initialize(
     partition: PartitionId,
     record: &PartitionRecord,
 ) {
-    let members: BTreeMap<u64, PeerNode> = record
+    let members: BTreeMap<u64, ReplicaNode> = record
         .replicas
         .iter()
-        .filter_map(|id| context.meta.peer_node(*id).map(|node| (*id, node)))
+        .filter_map(|replica| replica_node(context, *replica).map(|node| (replica.id, node)))
         .collect();
     if members.len() != record.replicas.len() {
         tracing::warn!(
@@ -302,43 +346,76 @@ async fn register(context: &AgentContext, map: &ShardMap) {
     }
 }
 
-/// The store partitions this node has data of (a vote: every group that
-/// ever took part in an election or received entries has one).
-fn groups_on_disk(engine: &dyn Engine) -> Result<BTreeSet<PartitionId>, zongheng_storage::StorageError> {
-    let (start, end) = Key::raft_vote_range_from(STORE_GROUP_BASE);
-    let pairs = engine.scan(&start, Some(&end), LOCAL_GROUPS_SCAN_MAX)?;
-    let mut partitions = BTreeSet::new();
-    for (key, _) in pairs {
-        if let Ok(Key::RaftVote { group }) = Key::decode(&key) {
-            if let Some(partition) = partition_of_group(group) {
-                partitions.insert(partition);
-            }
-        }
+/// Prefix of the local records naming the replica that owns a partition's
+/// data on this disk.
+const REPLICA_RECORD_PREFIX: &str = "store/replica/";
+
+fn replica_record_key(partition: PartitionId) -> Vec<u8> {
+    Key::Local {
+        name: format!("{REPLICA_RECORD_PREFIX}{partition:05}"),
     }
-    Ok(partitions)
+    .encode()
 }
 
-/// Forget everything this node stored for `partition`, in one synced write.
+/// Record, durably, that `partition`'s data here belongs to `replica`.
+fn record_replica(
+    engine: &dyn Engine,
+    partition: PartitionId,
+    replica: u64,
+) -> Result<(), zongheng_storage::StorageError> {
+    let mut batch = WriteBatch::new();
+    batch.put(replica_record_key(partition), replica.to_be_bytes().to_vec());
+    engine.write(batch, Durability::Sync)
+}
+
+/// The replica each partition's data on this disk belongs to.
+fn replicas_on_disk(engine: &dyn Engine) -> Result<BTreeMap<PartitionId, u64>, zongheng_storage::StorageError> {
+    let start = Key::Local {
+        name: REPLICA_RECORD_PREFIX.to_string(),
+    }
+    .encode();
+    let mut end = start.clone();
+    *end.last_mut().expect("the prefix is not empty") += 1;
+    let mut replicas = BTreeMap::new();
+    for (key, value) in engine.scan(&start, Some(&end), LOCAL_GROUPS_SCAN_MAX)? {
+        let Ok(Key::Local { name }) = Key::decode(&key) else {
+            continue;
+        };
+        let partition = name
+            .strip_prefix(REPLICA_RECORD_PREFIX)
+            .and_then(|rest| rest.parse().ok());
+        let replica = <[u8; 8]>::try_from(value.as_slice()).map(u64::from_be_bytes);
+        match (partition, replica) {
+            (Some(partition), Ok(replica)) => {
+                replicas.insert(partition, replica);
+            }
+            _ => tracing::warn!(name, "an unreadable replica record; ignoring it"),
+        }
+    }
+    Ok(replicas)
+}
+
+/// Forget everything this node stored for `partition`, with the record of
+/// whose it was, in one synced write.
 fn purge(engine: &dyn Engine, partition: PartitionId) -> Result<(), zongheng_storage::StorageError> {
     let mut batch = WriteBatch::new();
     for (start, end) in Key::group_ranges(group_of(partition)) {
         batch.delete_range(start..end);
     }
+    batch.delete(replica_record_key(partition));
     engine.write(batch, Durability::Sync)
 }
 
-/// Whether `partition`'s leader confirmed that this node is out of the
-/// group (see the module doc, step 4). Asks the leader hint first, then the
-/// replicas the map lists, following the leader ids they answer with.
-async fn confirmed_removed(context: &AgentContext, partition: PartitionId, map: &ShardMap) -> bool {
+/// Whether `partition`'s leader confirmed that `replica` is out of the
+/// group (see the module doc, step 4). Asks the node of the last reported
+/// leader first, then the nodes of the replicas the map lists, following
+/// the leaders they name. A replica the map never knew (no record at all)
+/// has nobody to ask and keeps its data.
+async fn confirmed_removed(context: &AgentContext, partition: PartitionId, replica: u64, map: &ShardMap) -> bool {
     let Some(record) = map.record(partition) else {
         return false;
     };
-    let mut candidates: Vec<u64> = record
-        .leader
-        .into_iter()
-        .chain(record.replicas.iter().copied())
-        .collect();
+    let mut candidates: Vec<u64> = record.leader.into_iter().chain(record.nodes()).collect();
     let mut asked = BTreeSet::new();
     while let Some(node) = candidates.first().copied() {
         candidates.remove(0);
@@ -351,7 +428,7 @@ async fn confirmed_removed(context: &AgentContext, partition: PartitionId, map: 
         let mut client = context.pool.client(&address);
         let mut request = tonic::Request::new(ReplicaStatusRequest {
             group_id: group_of(partition),
-            node_id: context.node_id,
+            replica_id: replica,
         });
         request.set_timeout(REPLICA_STATUS_TIMEOUT);
         let reply = match tokio::time::timeout(REPLICA_STATUS_TIMEOUT, client.replica_status(request)).await {
@@ -361,8 +438,15 @@ async fn confirmed_removed(context: &AgentContext, partition: PartitionId, map: 
         if reply.confirmed {
             return !reply.member;
         }
-        if reply.leader_id != 0 {
-            candidates.insert(0, reply.leader_id);
+        // The answer names the leader's replica; its node is in the map.
+        let leader_node = record
+            .replicas
+            .iter()
+            .chain(record.moving.and_then(|step| step.add).as_ref())
+            .find(|candidate| candidate.id == reply.leader_id)
+            .map(|candidate| candidate.node);
+        if let Some(leader_node) = leader_node {
+            candidates.insert(0, leader_node);
         }
     }
     false
@@ -434,12 +518,20 @@ async fn reconcile_membership(
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let learners: BTreeSet<u64> = membership.learner_ids().collect();
+    let node_of = |replica: u64| membership.get_node(&replica).map(|node| node.node);
     let membership_index = committed.log_id().map(|log_id| log_id.index).unwrap_or(0);
-    let recorded: BTreeSet<u64> = record.replicas.iter().copied().collect();
+    let recorded: BTreeSet<u64> = record.replicas.iter().map(|replica| replica.id).collect();
     if voters != recorded && membership_index > record.membership_index {
+        let reported: Vec<Replica> = voters
+            .iter()
+            .map(|id| Replica {
+                node: node_of(*id).expect("a voter is in the membership"),
+                id: *id,
+            })
+            .collect();
         let command = MetaCommand::Store(ShardMapCommand::ReportReplicas {
             partition,
-            voters: voters.iter().copied().collect(),
+            voters: reported,
             membership_index,
         });
         return context
@@ -449,44 +541,47 @@ async fn reconcile_membership(
             .map(|_| ())
             .map_err(|error| format!("reporting the voters: {error}"));
     }
-    let intent = record.moving;
-    let wanted_learner = intent.and_then(|intent| intent.add).filter(|add| !voters.contains(add));
+    let step = record.moving;
+    let wanted_learner = step.and_then(|step| step.add).filter(|add| !voters.contains(&add.id));
     let stray: BTreeSet<u64> = learners
         .iter()
         .copied()
-        .filter(|learner| Some(*learner) != wanted_learner)
+        .filter(|learner| Some(*learner) != wanted_learner.map(|add| add.id))
         .collect();
     if !stray.is_empty() {
         return change(group, ChangeMembers::RemoveNodes(stray)).await;
     }
-    let Some(intent) = intent else {
+    let Some(step) = step else {
         return Ok(());
     };
     let mut target = voters.clone();
-    if let Some(remove) = intent.remove {
-        target.remove(&remove);
+    if let Some(remove) = step.remove {
+        target.retain(|id| node_of(*id) != Some(remove));
     }
-    if let Some(add) = intent.add {
-        target.insert(add);
+    if let Some(add) = step.add {
+        target.insert(add.id);
     }
     if target == voters || target.is_empty() {
         return Ok(());
     }
     if let Some(add) = wanted_learner {
-        if !learners.contains(&add) {
-            let node = context
-                .meta
-                .peer_node(add)
-                .ok_or_else(|| format!("move target {add:x} is not a member of the cluster"))?;
-            tracing::info!(partition, add = format!("{add:x}"), "adding a learner");
+        if !learners.contains(&add.id) {
+            let node = replica_node(context, add)
+                .ok_or_else(|| format!("move target {:x} is not a member of the cluster", add.node))?;
+            tracing::info!(
+                partition,
+                add = format!("{:x}", add.id),
+                node = format!("{:x}", add.node),
+                "adding a learner"
+            );
             return group
                 .raft
-                .add_learner(add, node, false)
+                .add_learner(add.id, node, false)
                 .await
                 .map(|_| ())
                 .map_err(|error| error.to_string());
         }
-        let matched = replication.get(&add).cloned().flatten().map(|log_id| log_id.index);
+        let matched = replication.get(&add.id).cloned().flatten().map(|log_id| log_id.index);
         let caught_up =
             matched.is_some_and(|matched| last_log_index.saturating_sub(matched) <= LEARNER_CATCH_UP_LAG_MAX);
         if !caught_up {
@@ -498,7 +593,7 @@ async fn reconcile_membership(
     // answered lately would stall the partition in a joint configuration
     // until they return, or for good if one was wiped. An intent decided
     // long ago (the driver's view was cut off) meets today's cluster here.
-    let active = |id: &u64| *id == context.node_id || context.pool.answered_within(*id, ACTIVE_PEER_WINDOW);
+    let active = |id: &u64| *id == group.replica_id || context.pool.answered_within(*id, ACTIVE_PEER_WINDOW);
     let has_quorum = |set: &BTreeSet<u64>| set.iter().filter(|id| active(id)).count() * 2 > set.len();
     if !has_quorum(&voters) || !has_quorum(&target) {
         return Err(format!(
@@ -506,11 +601,11 @@ async fn reconcile_membership(
             ACTIVE_PEER_WINDOW.as_millis()
         ));
     }
-    tracing::info!(partition, ?intent, "changing the partition's voters");
+    tracing::info!(partition, ?step, "changing the partition's voters");
     change(group, ChangeMembers::ReplaceAllVoters(target)).await
 }
 
-async fn change(group: &PartitionGroup, members: ChangeMembers<u64, PeerNode>) -> Result<(), String> {
+async fn change(group: &PartitionGroup, members: ChangeMembers<u64, ReplicaNode>) -> Result<(), String> {
     group
         .raft
         .change_membership(members, false)

@@ -31,8 +31,9 @@ use zongheng_algo::{partition_of, PartitionId};
 use super::request::{PartitionRequest, PartitionResponse};
 use super::txn::{TxnError, TxnStore};
 use crate::raft::codec::{self, CodecError};
+use crate::raft::network::PeerAddress;
 use crate::raft::runtime::SeededRuntime;
-use crate::raft::{Application, PeerNode};
+use crate::raft::{url_host_port, Application};
 
 /// A command in a partition's Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,13 +103,34 @@ impl PartitionError {
 /// What applying a [`PartitionCommand`] returns.
 pub type PartitionResult = Result<PartitionResponse, PartitionError>;
 
+/// A partition group's member as its Raft membership records it: the node
+/// holding the replica (the group's own ids are replica ids, see
+/// `store::shard_map`) and where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ReplicaNode {
+    pub node: u64,
+    pub peer_urls: Vec<String>,
+}
+
+impl std::fmt::Display for ReplicaNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}@{}", self.node, self.peer_urls.join(","))
+    }
+}
+
+impl PeerAddress for ReplicaNode {
+    fn peer_address(&self) -> Option<String> {
+        self.peer_urls.first().map(|url| url_host_port(url))
+    }
+}
+
 openraft::declare_raft_types!(
     /// openraft's types for a `store` partition group.
     pub StoreRaftConfig:
         D = PartitionCommand,
         R = PartitionResult,
         NodeId = u64,
-        Node = PeerNode,
+        Node = ReplicaNode,
         AsyncRuntime = SeededRuntime,
 );
 

@@ -169,7 +169,9 @@ async fn step(context: &DriverContext, state: &mut Leading, clock_base: Instant)
         .retain(|partition, _| map.record(*partition).is_some_and(|record| record.moving.is_some()));
     for (partition, record) in map.records.iter().enumerate() {
         let partition = partition as PartitionId;
-        let Some(intent) = record.moving else { continue };
+        let Some(intent) = record.moving.map(|step| step.intent()) else {
+            continue;
+        };
         let seen = state
             .moves_seen
             .entry(partition)
@@ -232,7 +234,7 @@ async fn step(context: &DriverContext, state: &mut Leading, clock_base: Instant)
     for (set, record) in target.replicas.iter_mut().zip(&map.records) {
         let wanted = (map.replication as usize).min(record.replicas.len());
         let draining = |id: &u64| map.nodes.get(id).is_some_and(|node| node.draining);
-        let (staying, leaving): (Vec<u64>, Vec<u64>) = record.replicas.iter().partition(|id| !draining(id));
+        let (staying, leaving): (Vec<u64>, Vec<u64>) = record.nodes().into_iter().partition(|id| !draining(id));
         for id in staying.into_iter().chain(leaving) {
             if set.len() >= wanted {
                 break;
@@ -246,15 +248,15 @@ async fn step(context: &DriverContext, state: &mut Leading, clock_base: Instant)
     let current: Vec<Vec<String>> = map
         .records
         .iter()
-        .map(|record| record.replicas.iter().map(|id| placement_name(*id)).collect())
+        .map(|record| record.nodes().into_iter().map(placement_name).collect())
         .collect();
     let live: BTreeSet<String> = map
         .records
         .iter()
-        .flat_map(|record| record.replicas.iter())
-        .chain(map.nodes.keys())
-        .filter(|id| !dead(**id))
-        .map(|id| placement_name(*id))
+        .flat_map(|record| record.nodes())
+        .chain(map.nodes.keys().copied())
+        .filter(|id| !dead(*id))
+        .map(placement_name)
         .collect();
     let plan = plan_moves(
         &current,

@@ -34,12 +34,12 @@ use tokio::time::Instant;
 use zongheng_algo::PartitionId;
 use zongheng_proto::peer::ForwardRequest;
 
-use super::app::{PartitionApp, PartitionCommand, PartitionError, PartitionIdentity, StoreRaftConfig};
+use super::app::{PartitionApp, PartitionCommand, PartitionError, PartitionIdentity, ReplicaNode, StoreRaftConfig};
 use super::request::{PartitionRequest, PartitionResponse};
 use crate::raft::codec;
 use crate::raft::network::{PeerAddress, PeerPool};
 use crate::raft::state_machine::Shared;
-use crate::raft::{PeerNode, META_GROUP};
+use crate::raft::META_GROUP;
 
 /// Group ids of partitions start here (the `meta` group is 0): partition p
 /// is group `STORE_GROUP_BASE + p`.
@@ -93,7 +93,10 @@ pub struct PartitionGroup {
     pub partition: PartitionId,
     /// P, the cluster's partition count.
     pub partitions: u32,
-    pub node_id: u64,
+    /// This replica's id in the partition's group (see `store::shard_map`).
+    pub replica_id: u64,
+    /// The node it runs on.
+    pub node: u64,
     pub raft: Raft<StoreRaftConfig>,
     pub state: Shared<PartitionApp>,
     pool: Arc<PeerPool>,
@@ -103,7 +106,8 @@ impl PartitionGroup {
     pub fn new(
         partition: PartitionId,
         partitions: u32,
-        node_id: u64,
+        replica_id: u64,
+        node: u64,
         raft: Raft<StoreRaftConfig>,
         state: Shared<PartitionApp>,
         pool: Arc<PeerPool>,
@@ -111,7 +115,8 @@ impl PartitionGroup {
         Self {
             partition,
             partitions,
-            node_id,
+            replica_id,
+            node,
             raft,
             state,
             pool,
@@ -127,7 +132,7 @@ impl PartitionGroup {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.current_leader() == Some(self.node_id)
+        self.current_leader() == Some(self.replica_id)
     }
 
     /// Serve `request` (routed with shard-map `epoch`) through the group's
@@ -137,7 +142,7 @@ impl PartitionGroup {
         loop {
             let result = match self.current_leader() {
                 None => Err(GroupError::NoLeader(self.partition)),
-                Some(leader) if leader == self.node_id => {
+                Some(leader) if leader == self.replica_id => {
                     self.execute_on_leader(epoch, request.clone(), deadline).await
                 }
                 Some(leader) => self.forward(leader, epoch, &request, deadline).await,
@@ -224,11 +229,11 @@ impl PartitionGroup {
         reply.data.map(|_| ()).map_err(GroupError::from)
     }
 
-    /// Whether `node` is a voter or learner of this group, in the committed
+    /// Whether replica `replica` is a voter or learner of this group, in the committed
     /// or the pending membership, answered only where this replica leads
     /// and after confirming that with a quorum (see `store::agent`: a
     /// replica deletes its data only on a confirmed "no").
-    pub async fn replica_status(&self, node: u64) -> Result<bool, GroupError> {
+    pub async fn replica_status(&self, replica: u64) -> Result<bool, GroupError> {
         match self.raft.get_read_log_id().await {
             Ok(_) => {}
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
@@ -243,7 +248,7 @@ impl PartitionGroup {
         let pending = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
-            metrics.membership_config.membership().get_node(&node).is_some()
+            metrics.membership_config.membership().get_node(&replica).is_some()
         };
         let committed = self
             .state
@@ -251,7 +256,7 @@ impl PartitionGroup {
             .expect("state machine lock poisoned")
             .last_membership
             .membership()
-            .get_node(&node)
+            .get_node(&replica)
             .is_some();
         Ok(pending || committed)
     }
@@ -335,7 +340,7 @@ impl PartitionGroup {
             .map_err(|error| GroupError::Internal(error.to_string()))?
     }
 
-    fn write_error(&self, error: RaftError<u64, ClientWriteError<u64, PeerNode>>) -> GroupError {
+    fn write_error(&self, error: RaftError<u64, ClientWriteError<u64, ReplicaNode>>) -> GroupError {
         match error {
             // As in `meta`: the entry may have been appended and may still
             // commit, so the outcome is unknown.

@@ -28,6 +28,16 @@
 //! leader confirms it is out of the group (see `store::agent`), never because
 //! the map says so.
 //!
+//! ## Replica ids
+//! A partition's Raft group addresses its members by **replica id**, not by
+//! node id: a node that leaves a partition and later holds it again does so
+//! as a new replica with a new id (TiKV's peer ids). Raft's safety needs
+//! that: a replica whose data was deleted must never answer under its old
+//! identity, or a stale candidate that still counts it as a voter could win
+//! its vote with an empty log and overwrite committed entries. The first
+//! replicas of a partition take their node's id; every replica a move adds
+//! gets a fresh one from a counter in the map ([`replica_id`]).
+//!
 //! ## Epochs
 //! A record starts at [`CREATION_EPOCH`]; each reported change of its replica
 //! set adds one. A move is started against an epoch and refused if the
@@ -61,34 +71,98 @@ pub struct StoreNode {
     pub draining: bool,
 }
 
-/// A replica move under way: add `add` (as a learner, then a voter) and
-/// remove `remove`, in one membership change.
+/// One replica of a partition: the node holding it and its id in the
+/// partition's Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Replica {
+    pub node: u64,
+    pub id: u64,
+}
+
+/// A move the driver asks for, by node: add a replica on `add` (as a
+/// learner, then a voter) and remove the one on `remove`, in one membership
+/// change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveIntent {
     pub add: Option<u64>,
     pub remove: Option<u64>,
 }
 
+/// A move under way: the new replica (with the id the map gave it) and the
+/// node whose replica goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub add: Option<Replica>,
+    pub remove: Option<u64>,
+}
+
+impl Move {
+    /// The move as the driver asked for it.
+    pub fn intent(&self) -> MoveIntent {
+        MoveIntent {
+            add: self.add.map(|replica| replica.node),
+            remove: self.remove,
+        }
+    }
+}
+
 /// One partition in the map.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRecord {
     /// Voters of the partition's group, as its leader last reported them.
-    pub replicas: Vec<u64>,
+    pub replicas: Vec<Replica>,
     pub epoch: u64,
     /// Log index (in the partition's log) of the membership `replicas`
     /// came from; 0 for the membership the group was created with.
     pub membership_index: u64,
-    /// The last leader reported, and its term.
+    /// The node of the last leader reported, and its term.
     pub leader: Option<u64>,
     pub leader_term: u64,
-    pub moving: Option<MoveIntent>,
+    pub moving: Option<Move>,
 }
 
 impl PartitionRecord {
-    /// Whether `node` should run a replica: a voter, or a move's target.
-    pub fn wants(&self, node: u64) -> bool {
-        self.replicas.contains(&node) || self.moving.is_some_and(|intent| intent.add == Some(node))
+    /// The nodes holding a voter, in order.
+    pub fn nodes(&self) -> Vec<u64> {
+        self.replicas.iter().map(|replica| replica.node).collect()
     }
+
+    pub fn holds(&self, node: u64) -> bool {
+        self.replicas.iter().any(|replica| replica.node == node)
+    }
+
+    /// The replica `node` should run: its voter, or a move's new replica.
+    pub fn replica_on(&self, node: u64) -> Option<Replica> {
+        self.replicas
+            .iter()
+            .copied()
+            .find(|replica| replica.node == node)
+            .or_else(|| {
+                self.moving
+                    .and_then(|step| step.add)
+                    .filter(|replica| replica.node == node)
+            })
+    }
+
+    /// Whether `node` should run a replica.
+    pub fn wants(&self, node: u64) -> bool {
+        self.replica_on(node).is_some()
+    }
+}
+
+/// The id of the `sequence`-th replica a move creates in `partition`
+/// (FNV-1a; never 0). The caller skips ids its record already uses.
+pub fn replica_id(partition: PartitionId, sequence: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"replica"
+        .iter()
+        .chain(&partition.to_be_bytes())
+        .chain(&sequence.to_be_bytes())
+    {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash.max(1)
 }
 
 /// The whole map (see the module doc). `partitions == 0`: not created yet.
@@ -98,6 +172,8 @@ pub struct ShardMap {
     pub replication: u32,
     pub records: Vec<PartitionRecord>,
     pub nodes: BTreeMap<u64, StoreNode>,
+    /// Replica ids handed out by moves so far (see [`replica_id`]).
+    pub replicas_created: u64,
 }
 
 /// A change to the map, carried in `meta`'s log.
@@ -124,10 +200,10 @@ pub enum ShardMapCommand {
     /// A partition's leader reports its committed voters.
     ReportReplicas {
         partition: PartitionId,
-        voters: Vec<u64>,
+        voters: Vec<Replica>,
         membership_index: u64,
     },
-    /// A partition's leader reports that it leads, in `term`.
+    /// A partition's leader (on node `leader`) reports that it leads, in `term`.
     ReportLeader {
         partition: PartitionId,
         leader: u64,
@@ -182,21 +258,24 @@ impl ShardMap {
         self.records.get(partition as usize)
     }
 
-    /// The partitions `node` should run a replica of.
-    pub fn wanted_by(&self, node: u64) -> BTreeSet<PartitionId> {
+    /// The replicas `node` should run, by partition.
+    pub fn wanted_by(&self, node: u64) -> BTreeMap<PartitionId, Replica> {
         self.records
             .iter()
             .enumerate()
-            .filter(|(_, record)| record.wants(node))
-            .map(|(partition, _)| partition as PartitionId)
+            .filter_map(|(partition, record)| {
+                record
+                    .replica_on(node)
+                    .map(|replica| (partition as PartitionId, replica))
+            })
             .collect()
     }
 
     /// Replicas held per node (voters only), for every node holding one.
     pub fn loads(&self) -> BTreeMap<u64, usize> {
         let mut loads = BTreeMap::new();
-        for node in self.records.iter().flat_map(|record| &record.replicas) {
-            *loads.entry(*node).or_insert(0) += 1;
+        for replica in self.records.iter().flat_map(|record| &record.replicas) {
+            *loads.entry(replica.node).or_insert(0) += 1;
         }
         loads
     }
@@ -314,10 +393,11 @@ impl ShardMap {
         }
         self.partitions = partitions;
         self.replication = replication;
+        // First replicas take their node's id.
         self.records = replicas
             .iter()
             .map(|set| PartitionRecord {
-                replicas: set.clone(),
+                replicas: set.iter().map(|node| Replica { node: *node, id: *node }).collect(),
                 epoch: CREATION_EPOCH,
                 ..PartitionRecord::default()
             })
@@ -331,6 +411,7 @@ impl ShardMap {
                 return Err(ShardMapError::UnknownNode(add));
             }
         }
+        let mut sequence = self.replicas_created;
         let record = self.record_mut(partition)?;
         if record.epoch != epoch {
             return Err(ShardMapError::StaleEpoch {
@@ -347,14 +428,14 @@ impl ShardMap {
                 add: None,
                 remove: None,
             } => return Err(ShardMapError::Invalid("a move must add or remove a replica".into())),
-            MoveIntent { add: Some(add), .. } if record.replicas.contains(&add) => {
+            MoveIntent { add: Some(add), .. } if record.holds(add) => {
                 return Err(ShardMapError::Invalid(format!(
                     "node {add:x} already holds partition {partition}"
                 )))
             }
             MoveIntent {
                 remove: Some(remove), ..
-            } if !record.replicas.contains(&remove) => {
+            } if !record.holds(remove) => {
                 return Err(ShardMapError::Invalid(format!(
                     "node {remove:x} holds no replica of partition {partition}"
                 )))
@@ -369,14 +450,28 @@ impl ShardMap {
             }
             _ => {}
         }
-        record.moving = Some(intent);
+        let add = intent.add.map(|node| {
+            let id = loop {
+                let id = replica_id(partition, sequence);
+                sequence += 1;
+                if !record.replicas.iter().any(|replica| replica.id == id) {
+                    break id;
+                }
+            };
+            Replica { node, id }
+        });
+        record.moving = Some(Move {
+            add,
+            remove: intent.remove,
+        });
+        self.replicas_created = sequence;
         Ok(())
     }
 
     fn report_replicas(
         &mut self,
         partition: PartitionId,
-        voters: &[u64],
+        voters: &[Replica],
         membership_index: u64,
     ) -> Result<(), ShardMapError> {
         let record = self.record_mut(partition)?;
@@ -390,25 +485,27 @@ impl ShardMap {
             return Ok(());
         }
         record.membership_index = membership_index;
-        let reported: BTreeSet<u64> = voters.iter().copied().collect();
-        let recorded: BTreeSet<u64> = record.replicas.iter().copied().collect();
+        let reported: BTreeSet<Replica> = voters.iter().copied().collect();
+        let recorded: BTreeSet<Replica> = record.replicas.iter().copied().collect();
         if reported == recorded {
             return Ok(());
         }
         // Keep the order of the voters that stay (the first is the
         // preferred leader); new ones go last.
-        let mut replicas: Vec<u64> = record
+        let mut replicas: Vec<Replica> = record
             .replicas
             .iter()
             .copied()
-            .filter(|node| reported.contains(node))
+            .filter(|replica| reported.contains(replica))
             .collect();
-        replicas.extend(voters.iter().copied().filter(|node| !recorded.contains(node)));
+        replicas.extend(voters.iter().copied().filter(|replica| !recorded.contains(replica)));
         record.replicas = replicas;
         record.epoch += 1;
-        if let Some(intent) = record.moving {
-            let added = intent.add.is_none_or(|add| reported.contains(&add));
-            let removed = intent.remove.is_none_or(|remove| !reported.contains(&remove));
+        if let Some(step) = record.moving {
+            let added = step.add.is_none_or(|add| reported.contains(&add));
+            let removed = step
+                .remove
+                .is_none_or(|node| !reported.iter().any(|replica| replica.node == node));
             if added && removed {
                 record.moving = None;
             }
@@ -420,6 +517,11 @@ impl ShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first replica: its id is its node's.
+    fn first(node: u64) -> Replica {
+        Replica { node, id: node }
+    }
 
     fn created() -> ShardMap {
         let mut map = ShardMap::default();
@@ -453,8 +555,11 @@ mod tests {
             intent,
         })
         .unwrap();
+        let added = map.record(0).unwrap().moving.unwrap().add.unwrap();
+        assert_eq!(added.node, 4);
+        assert_ne!(added.id, 4, "a new replica gets a new id, never its node's");
         assert!(map.record(0).unwrap().wants(4));
-        assert_eq!(map.wanted_by(4), BTreeSet::from([0]));
+        assert_eq!(map.wanted_by(4), BTreeMap::from([(0, added)]));
         // A second move of the same partition waits for the first.
         assert_eq!(
             map.apply(&ShardMapCommand::StartMove {
@@ -466,12 +571,12 @@ mod tests {
         );
         map.apply(&ShardMapCommand::ReportReplicas {
             partition: 0,
-            voters: vec![4, 2, 3],
+            voters: vec![added, first(2), first(3)],
             membership_index: 7,
         })
         .unwrap();
         let record = map.record(0).unwrap();
-        assert_eq!(record.replicas, vec![2, 3, 4]);
+        assert_eq!(record.replicas, vec![first(2), first(3), added]);
         assert_eq!(record.epoch, CREATION_EPOCH + 1);
         assert_eq!(record.moving, None);
         assert!(!record.wants(1));
@@ -487,6 +592,19 @@ mod tests {
             }),
             Err(ShardMapError::StaleEpoch { .. })
         ));
+        // Node 1 back in partition 0: as a new replica, with an id never used there.
+        map.apply(&ShardMapCommand::StartMove {
+            partition: 0,
+            epoch: CREATION_EPOCH + 1,
+            intent: MoveIntent {
+                add: Some(1),
+                remove: Some(2),
+            },
+        })
+        .unwrap();
+        let again = map.record(0).unwrap().moving.unwrap().add.unwrap();
+        assert_eq!(again.node, 1);
+        assert!(again.id != 1 && again.id != added.id, "{again:?}");
     }
 
     #[test]
@@ -494,22 +612,22 @@ mod tests {
         let mut map = created();
         map.apply(&ShardMapCommand::ReportReplicas {
             partition: 1,
-            voters: vec![2, 3, 4],
+            voters: vec![first(2), first(3), first(4)],
             membership_index: 20,
         })
         .unwrap();
         map.apply(&ShardMapCommand::ReportReplicas {
             partition: 1,
-            voters: vec![2, 3, 1],
+            voters: vec![first(2), first(3), first(1)],
             membership_index: 10,
         })
         .unwrap();
-        assert_eq!(map.record(1).unwrap().replicas, vec![2, 3, 4]);
+        assert_eq!(map.record(1).unwrap().nodes(), vec![2, 3, 4]);
         assert_eq!(map.record(1).unwrap().epoch, CREATION_EPOCH + 1);
         // The same voters again, from a later membership: no new epoch.
         map.apply(&ShardMapCommand::ReportReplicas {
             partition: 1,
-            voters: vec![4, 3, 2],
+            voters: vec![first(4), first(3), first(2)],
             membership_index: 30,
         })
         .unwrap();
