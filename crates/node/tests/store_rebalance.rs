@@ -27,6 +27,9 @@ const KEYS_PER_PHASE: usize = 40;
 /// How long the store may take to settle after a change (moves are
 /// catch-ups of small partitions, a few at a time, on a busy 2-core machine).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long the shard map must stay unchanged to count as settled (several
+/// rounds of the placement driver, which plans every 500 ms).
+const QUIET_FOR: Duration = Duration::from_secs(4);
 
 fn zongheng(endpoints: &[String], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zongheng"))
@@ -81,11 +84,31 @@ fn settled(status: &serde_json::Value, excluded: &[&str]) -> bool {
         })
 }
 
+/// Waits until [`settled`] has held, with no partition's epoch changing,
+/// for [`QUIET_FOR`]: the driver starts at most a few moves at a time, and
+/// between two batches nothing is moving for a moment.
 fn wait_settled(endpoints: &[String], excluded: &[&str], what: &str) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
+    let mut quiet_since: Option<(std::time::Instant, serde_json::Value)> = None;
     wait_for(SETTLE_TIMEOUT, Duration::from_millis(500), || {
         last = status(endpoints);
-        settled(&last, excluded).then(|| last.clone())
+        if !settled(&last, excluded) {
+            quiet_since = None;
+            return None;
+        }
+        let epochs = serde_json::json!(last["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|partition| partition["epoch"].clone())
+            .collect::<Vec<_>>());
+        match &quiet_since {
+            Some((since, seen)) if *seen == epochs => (since.elapsed() >= QUIET_FOR).then(|| last.clone()),
+            _ => {
+                quiet_since = Some((std::time::Instant::now(), epochs));
+                None
+            }
+        }
     })
     .unwrap_or_else(|| panic!("the store did not settle {what} within {SETTLE_TIMEOUT:?}; last status: {last:#}"))
 }
