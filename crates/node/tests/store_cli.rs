@@ -4,6 +4,8 @@
 //! What is shown:
 //! - put, get, delete and scan (`--count`, `--limit`, `--end`) through any
 //!   endpoint, with keys spread over several partitions;
+//! - batch-get and batch-put; a batch over the named limit is refused with
+//!   `ZH_STORE_BATCH_TOO_LARGE` and writes nothing;
 //! - `store status --json` prints the shard map in the documented shape,
 //!   every partition with 3 replicas;
 //! - `txn` reads its snapshot and commits buffered writes; a second
@@ -139,6 +141,39 @@ fn store_commands_and_transactions_against_a_cluster() {
     let errors = String::from_utf8_lossy(&first.stderr);
     assert!(errors.contains("write conflict"), "{errors}");
     assert_eq!(ok(store(&endpoints, &["store", "get", "user/02"])), "by-second\n");
+
+    // Batches: several keys in one snapshot, several writes in one transaction.
+    assert_eq!(
+        ok(store(
+            &endpoints,
+            &["store", "batch-put", "batch/a=1", "batch/b=2", "batch/c=3"]
+        )),
+        "OK (3 keys)\n"
+    );
+    assert_eq!(
+        ok(store(
+            &endpoints,
+            &["store", "batch-get", "batch/b", "batch/zz", "batch/a", "batch/c"]
+        )),
+        "2\n\n1\n3\n"
+    );
+    let mut oversized = Command::new(env!("CARGO_BIN_EXE_zongheng"))
+        .args(["store", "batch-put", "-", "--endpoints", &endpoints.join(",")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: String = (0..10_001).map(|index| format!("big/{index}=x\n")).collect();
+    oversized.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    let oversized = oversized.wait_with_output().unwrap();
+    assert!(!oversized.status.success());
+    assert!(
+        String::from_utf8_lossy(&oversized.stderr).contains("ZH_STORE_BATCH_TOO_LARGE"),
+        "{}",
+        String::from_utf8_lossy(&oversized.stderr)
+    );
+    assert_eq!(ok(store(&endpoints, &["store", "scan", "big/", "--count"])), "0\n");
 
     // Bad input.
     let inverted = store(&endpoints, &["store", "scan", "b", "--end", "a"]);

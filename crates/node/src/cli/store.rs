@@ -37,6 +37,18 @@ pub enum StoreCommand {
     Put { key: String, value: String },
     /// Delete a key.
     Delete { key: String },
+    /// Print the values of several keys, read in one snapshot (a line per
+    /// key; an empty line for a missing key, `null` in JSON).
+    BatchGet {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Set several keys at once, atomically (`KEY=VALUE` arguments, or one
+    /// per line on standard input with `-`).
+    BatchPut {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
     /// List the keys with a prefix (or in [PREFIX, --end)), in key order.
     Scan {
         prefix: String,
@@ -143,6 +155,10 @@ const DRAIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// Mark a node as draining (or not) and, with `--wait`, follow its replicas
 /// leaving until none is left.
 pub async fn run_drain(args: DrainArgs, undo: bool) -> anyhow::Result<()> {
+    drain(args, undo).await.map_err(with_code)
+}
+
+async fn drain(args: DrainArgs, undo: bool) -> anyhow::Result<()> {
     let store = connect(&args.client).await?;
     let (id, mut replicas) = store.drain(&args.name, 0, undo).await?;
     let verb = if undo { "undrained" } else { "draining" };
@@ -194,7 +210,19 @@ pub async fn run_drain(args: DrainArgs, undo: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A store error as the CLI prints it: its stable code first.
+fn with_code(error: anyhow::Error) -> anyhow::Error {
+    match error.downcast_ref::<crate::store::client::StoreError>() {
+        Some(store_error) => anyhow::anyhow!("{}: {store_error}", store_error.code()),
+        None => error,
+    }
+}
+
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    run_store(args).await.map_err(with_code)
+}
+
+async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     let store = connect(&args.client).await?;
     let json = args.client.json;
     match args.command {
@@ -231,6 +259,47 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
                 print_output(&json_line(&serde_json::json!({"commit_ts": commit_ts.0})))?;
             } else {
                 print_output("OK\n")?;
+            }
+        }
+        StoreCommand::BatchGet { keys } => {
+            let txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            let asked: Vec<Vec<u8>> = keys.iter().map(|key| key.as_bytes().to_vec()).collect();
+            let values = txn.batch_get(&asked).await?;
+            let mut out = String::new();
+            for (key, value) in keys.iter().zip(values) {
+                if json {
+                    out += &json_line(&serde_json::json!({
+                        "key": key,
+                        "value": value.as_deref().map(display_bytes),
+                    }));
+                } else {
+                    out += &format!("{}\n", value.as_deref().map(display_bytes).unwrap_or_default());
+                }
+            }
+            print_output(&out)?;
+        }
+        StoreCommand::BatchPut { pairs } => {
+            let lines: Vec<String> = if pairs == ["-"] {
+                std::io::stdin().lock().lines().collect::<Result<_, _>>()?
+            } else {
+                pairs
+            };
+            let mut txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            let mut count = 0usize;
+            for line in lines.iter().filter(|line| !line.trim().is_empty()) {
+                let Some((key, value)) = line.split_once('=') else {
+                    bail!("ZH_STORE_BAD_REQUEST: {line:?} is not KEY=VALUE");
+                };
+                txn.put(key.as_bytes().to_vec(), value.as_bytes().to_vec());
+                count += 1;
+            }
+            let commit_ts = txn.commit().await?;
+            if json {
+                print_output(&json_line(
+                    &serde_json::json!({"commit_ts": commit_ts.0, "keys": count}),
+                ))?;
+            } else {
+                print_output(&format!("OK ({count} keys)\n"))?;
             }
         }
         StoreCommand::Scan {
@@ -355,6 +424,10 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
 
 /// `zongheng txn`: one transaction, commands from standard input.
 pub async fn run_txn(args: TxnArgs) -> anyhow::Result<()> {
+    run_txn_commands(args).await.map_err(with_code)
+}
+
+async fn run_txn_commands(args: TxnArgs) -> anyhow::Result<()> {
     let store = connect(&args.client).await?;
     let mut txn = Transaction::begin(&store, TxnOptions::default()).await?;
     print_output(&format!("begin: start timestamp {}\n", txn.start_ts()))?;

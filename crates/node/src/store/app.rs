@@ -204,6 +204,7 @@ impl PartitionApp {
         self.check(partition, epoch, request)?;
         let response = match request {
             PartitionRequest::Get { key, ts } => PartitionResponse::Value(self.store.get(key, *ts)?),
+            PartitionRequest::BatchGet { keys, ts } => PartitionResponse::Values(self.store.batch_get(keys, *ts)?),
             PartitionRequest::Scan { start, end, ts, limit } => PartitionResponse::Rows(self.store.scan(
                 start,
                 end,
@@ -268,6 +269,7 @@ impl PartitionApp {
 fn request_keys(request: &PartitionRequest) -> Vec<&[u8]> {
     match request {
         PartitionRequest::Get { key, .. } => vec![key],
+        PartitionRequest::BatchGet { keys, .. } => keys.iter().map(Vec::as_slice).collect(),
         PartitionRequest::Scan { .. } => Vec::new(),
         PartitionRequest::Prewrite {
             mutations, primary: _, ..

@@ -36,10 +36,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use tokio::time::Instant;
 use zongheng_algo::{partition_of, PartitionId};
 
-use super::request::{PartitionRequest, PartitionResponse};
+use super::request::{PartitionRequest, PartitionResponse, BATCH_GET_KEYS_MAX, BATCH_KEYS_MAX};
 use super::timestamp::Timestamp;
 use super::txn::{LockInfo, Mutation, Row, TxnError, TxnStatus};
 
@@ -54,6 +55,8 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_millis(100);
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(5);
 /// Rows asked of one partition per scan request.
 pub const SCAN_PAGE_ROWS: usize = 1_000;
+/// Partitions a scan reads at once.
+pub const SCAN_PARTITIONS_IN_FLIGHT: usize = 16;
 
 /// Why a store operation failed, from the client's point of view.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,6 +189,60 @@ impl<'t, T: PartitionTransport> Transaction<'t, T> {
         }
     }
 
+    /// The values of `keys` in this transaction's snapshot (with its own
+    /// writes applied), in the order asked: one request per partition, all
+    /// partitions at once. More than [`BATCH_KEYS_MAX`] keys are refused
+    /// with `ZH_STORE_BATCH_TOO_LARGE` before anything is sent.
+    pub async fn batch_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.len() > BATCH_KEYS_MAX {
+            return Err(StoreError::Txn(TxnError::TooManyKeys {
+                count: keys.len(),
+                limit: BATCH_KEYS_MAX,
+            }));
+        }
+        let partitions = self.transport.partitions();
+        let mut asked: BTreeMap<PartitionId, Vec<Vec<u8>>> = BTreeMap::new();
+        for key in keys {
+            if !self.writes.contains_key(key) {
+                asked
+                    .entry(partition_of(key, partitions))
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        let reads = asked.into_iter().flat_map(|(partition, keys)| {
+            keys.chunks(BATCH_GET_KEYS_MAX)
+                .map(|chunk| {
+                    let request = PartitionRequest::BatchGet {
+                        keys: chunk.to_vec(),
+                        ts: self.start_ts,
+                    };
+                    let chunk = chunk.to_vec();
+                    async move {
+                        match self.call_resolving(partition, request).await? {
+                            PartitionResponse::Values(values) if values.len() == chunk.len() => {
+                                Ok(chunk.into_iter().zip(values).collect::<Vec<_>>())
+                            }
+                            other => Err(unexpected(other)),
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut found: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for answer in futures::future::join_all(reads).await {
+            found.extend(answer?);
+        }
+        Ok(keys
+            .iter()
+            .map(|key| match self.writes.get(key) {
+                Some(Mutation::Put { value, .. }) => Some(value.clone()),
+                Some(Mutation::Delete { .. }) => None,
+                None => found.get(key).cloned().flatten(),
+            })
+            .collect())
+    }
+
     /// Keys in `[start, end)` (`end` empty: no upper bound) in this
     /// transaction's snapshot, with its own writes applied, in key order, at
     /// most `limit`. Hash partitioning scatters a range over every
@@ -200,8 +257,11 @@ impl<'t, T: PartitionTransport> Transaction<'t, T> {
             .filter(|(key, mutation)| in_range(key) && matches!(mutation, Mutation::Delete { .. }))
             .count();
         let wanted = limit.saturating_add(deletes);
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for partition in 0..self.transport.partitions() {
+        // Every partition at once (a bounded number in flight), each paged
+        // until it has `wanted` rows of its own: its keys beyond those cannot
+        // be among the `limit` smallest of the merge.
+        let scans = (0..self.transport.partitions()).map(|partition| async move {
+            let mut rows_here: Vec<Row> = Vec::new();
             let mut cursor = start.to_vec();
             loop {
                 let request = PartitionRequest::Scan {
@@ -220,12 +280,16 @@ impl<'t, T: PartitionTransport> Transaction<'t, T> {
                     cursor = last.clone();
                     cursor.push(0);
                 }
-                merged.extend(rows);
-                // A partition's keys beyond the `limit` smallest cannot be in the answer.
-                if !full_page || merged.range(..cursor.clone()).count() >= wanted {
-                    break;
+                rows_here.extend(rows);
+                if !full_page || rows_here.len() >= wanted {
+                    return Ok(rows_here);
                 }
             }
+        });
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut answers = futures::stream::iter(scans).buffer_unordered(SCAN_PARTITIONS_IN_FLIGHT);
+        while let Some(rows) = futures::StreamExt::next(&mut answers).await {
+            merged.extend(rows?);
         }
         for (key, mutation) in self.writes.iter().filter(|(key, _)| in_range(key)) {
             match mutation {
@@ -262,6 +326,12 @@ impl<'t, T: PartitionTransport> Transaction<'t, T> {
         let Some(primary) = self.writes.keys().next().cloned() else {
             return Ok(self.start_ts);
         };
+        if self.writes.len() > BATCH_KEYS_MAX {
+            return Err(StoreError::Txn(TxnError::TooManyKeys {
+                count: self.writes.len(),
+                limit: BATCH_KEYS_MAX,
+            }));
+        }
         let partitions = self.transport.partitions();
         let mut groups: BTreeMap<PartitionId, Vec<Mutation>> = BTreeMap::new();
         for (key, mutation) in &self.writes {

@@ -14,12 +14,23 @@ use super::txn::{Mutation, Row, TxnError, TxnStatus, TxnStore};
 
 /// Most rows one scan request returns (a scan over more pages).
 pub const SCAN_ROWS_MAX: usize = 10_000;
+/// Most keys one batch read asks of one partition (a client splits larger
+/// batches by partition, and refuses a batch of more than
+/// [`BATCH_KEYS_MAX`] keys in all).
+pub const BATCH_GET_KEYS_MAX: usize = 4_096;
+/// Most keys in one client batch (a batch get, or a batch put's mutations).
+pub const BATCH_KEYS_MAX: usize = 10_000;
 
 /// One request to one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PartitionRequest {
     Get {
         key: Vec<u8>,
+        ts: Timestamp,
+    },
+    /// Several keys of this partition at one timestamp (values in the same order).
+    BatchGet {
+        keys: Vec<Vec<u8>>,
         ts: Timestamp,
     },
     Scan {
@@ -58,7 +69,10 @@ pub enum PartitionRequest {
 impl PartitionRequest {
     /// Whether the request changes state (and so goes through Raft).
     pub fn is_write(&self) -> bool {
-        !matches!(self, PartitionRequest::Get { .. } | PartitionRequest::Scan { .. })
+        !matches!(
+            self,
+            PartitionRequest::Get { .. } | PartitionRequest::BatchGet { .. } | PartitionRequest::Scan { .. }
+        )
     }
 }
 
@@ -66,6 +80,7 @@ impl PartitionRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PartitionResponse {
     Value(Option<Vec<u8>>),
+    Values(Vec<Option<Vec<u8>>>),
     Rows(Vec<Row>),
     Status(TxnStatus),
     Done,
@@ -77,6 +92,7 @@ impl TxnStore {
     pub fn execute(&mut self, request: PartitionRequest) -> Result<PartitionResponse, TxnError> {
         match request {
             PartitionRequest::Get { key, ts } => self.get(&key, ts).map(PartitionResponse::Value),
+            PartitionRequest::BatchGet { keys, ts } => self.batch_get(&keys, ts).map(PartitionResponse::Values),
             PartitionRequest::Scan { start, end, ts, limit } => self
                 .scan(&start, &end, ts, limit.min(SCAN_ROWS_MAX))
                 .map(PartitionResponse::Rows),

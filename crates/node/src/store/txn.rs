@@ -152,6 +152,8 @@ pub enum TxnError {
     BadTtl { ttl_ms: u64 },
     #[error("{count} mutations in one request; the limit is {MUTATIONS_PER_REQUEST_MAX}")]
     TooManyMutations { count: usize },
+    #[error("{count} keys in one batch; the limit is {limit}: split the batch")]
+    TooManyKeys { count: usize, limit: usize },
     #[error("key {:?} appears twice in one request", String::from_utf8_lossy(key))]
     DuplicateKey { key: Vec<u8> },
     #[error("the request carries no mutation")]
@@ -170,6 +172,7 @@ impl TxnError {
             TxnError::BadTimestamps { .. } => "ZH_TXN_BAD_TIMESTAMPS",
             TxnError::BadTtl { .. } => "ZH_TXN_BAD_TTL",
             TxnError::TooManyMutations { .. } => "ZH_TXN_TOO_MANY_MUTATIONS",
+            TxnError::TooManyKeys { .. } => "ZH_STORE_BATCH_TOO_LARGE",
             TxnError::DuplicateKey { .. } => "ZH_TXN_DUPLICATE_KEY",
             TxnError::Empty => "ZH_TXN_EMPTY",
         }
@@ -211,6 +214,20 @@ impl TxnStore {
     pub fn get(&self, key: &[u8], ts: Timestamp) -> Result<Option<Vec<u8>>, TxnError> {
         self.check_read_lock(key, ts)?;
         Ok(self.value_at(key, ts))
+    }
+
+    /// The values of `keys` as of `ts`, in order; the first locked key stops
+    /// the read with [`TxnError::Locked`] (the client resolves it and asks
+    /// again). More than [`BATCH_GET_KEYS_MAX`](super::request::BATCH_GET_KEYS_MAX)
+    /// keys are refused.
+    pub fn batch_get(&self, keys: &[Vec<u8>], ts: Timestamp) -> Result<Vec<Option<Vec<u8>>>, TxnError> {
+        if keys.len() > super::request::BATCH_GET_KEYS_MAX {
+            return Err(TxnError::TooManyKeys {
+                count: keys.len(),
+                limit: super::request::BATCH_GET_KEYS_MAX,
+            });
+        }
+        keys.iter().map(|key| self.get(key, ts)).collect()
     }
 
     /// Keys in `[start, end)` (`end` empty: no upper bound) as of `ts`, at

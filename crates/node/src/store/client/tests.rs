@@ -118,14 +118,11 @@ async fn transfer(
     Ok(Some((start_ts, commit_ts)))
 }
 
-/// Every balance in one snapshot.
+/// Every balance in one snapshot, with one batch read (a request per partition).
 async fn audit(model: &Model) -> Result<Vec<u64>, StoreError> {
     let txn = Transaction::begin(model, TxnOptions::default()).await?;
-    let mut balances = Vec::with_capacity(ACCOUNTS);
-    for index in 0..ACCOUNTS {
-        balances.push(balance(txn.get(&account(index)).await?));
-    }
-    Ok(balances)
+    let keys: Vec<Vec<u8>> = (0..ACCOUNTS).map(account).collect();
+    Ok(txn.batch_get(&keys).await?.into_iter().map(balance).collect())
 }
 
 fn check_snapshot(balances: &[u64], when: &str) {
@@ -354,4 +351,46 @@ async fn scan_merges_partitions_in_key_order_with_the_transactions_own_writes() 
     let all = reader.scan(b"row/", b"row0", usize::MAX).await.unwrap();
     assert_eq!(all.len(), 2_500);
     assert!(all.windows(2).all(|pair| pair[0].0 < pair[1].0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_get_answers_in_the_order_asked_with_the_transactions_own_writes() {
+    let model = Model::new(11, 0);
+    let mut writer = Transaction::begin(&model, TxnOptions::default()).await.unwrap();
+    for index in 0..20 {
+        writer.put(format!("key/{index:02}"), format!("v{index}"));
+    }
+    writer.commit().await.unwrap();
+    let mut reader = Transaction::begin(&model, TxnOptions::default()).await.unwrap();
+    reader.put(b"key/03".to_vec(), b"mine".to_vec());
+    reader.delete(b"key/04".to_vec());
+    let asked: Vec<Vec<u8>> = ["key/05", "key/03", "missing", "key/04", "key/19"]
+        .iter()
+        .map(|key| key.as_bytes().to_vec())
+        .collect();
+    let values = reader.batch_get(&asked).await.unwrap();
+    let values: Vec<Option<&str>> = values
+        .iter()
+        .map(|value| value.as_deref().map(|bytes| std::str::from_utf8(bytes).unwrap()))
+        .collect();
+    assert_eq!(values, [Some("v5"), Some("mine"), None, None, Some("v19")]);
+
+    // Oversized batches are refused before anything is sent, with a stable code.
+    let too_many: Vec<Vec<u8>> = (0..=BATCH_KEYS_MAX)
+        .map(|index| format!("k{index}").into_bytes())
+        .collect();
+    let error = reader.batch_get(&too_many).await.unwrap_err();
+    assert_eq!(error.code(), "ZH_STORE_BATCH_TOO_LARGE");
+    assert!(!error.retryable());
+    let mut big = Transaction::begin(&model, TxnOptions::default()).await.unwrap();
+    for key in &too_many {
+        big.put(key.clone(), b"x".to_vec());
+    }
+    assert_eq!(big.commit().await.unwrap_err().code(), "ZH_STORE_BATCH_TOO_LARGE");
+    let check = Transaction::begin(&model, TxnOptions::default()).await.unwrap();
+    assert_eq!(
+        check.get(b"k0").await.unwrap(),
+        None,
+        "nothing of the refused batch was written"
+    );
 }
