@@ -303,7 +303,9 @@ pub async fn start(
         .raft
         .openraft_config(&config.initial_cluster_token)
         .map_err(|error| NodeError::Raft(error.to_string()))?;
-    let log_store = LogStore::new(engine.clone(), META_GROUP);
+    // Every group's synced writes on this node share fsyncs.
+    let commit = crate::raft::group_commit::GroupCommit::start(engine.clone());
+    let log_store = LogStore::new(commit.clone(), META_GROUP);
     let state_machine = StateMachineStore::<MetaApp>::open(engine.clone(), META_GROUP)
         .map_err(|error| NodeError::Raft(error.to_string()))?;
     let shared = state_machine.shared();
@@ -398,6 +400,7 @@ pub async fn start(
             meta: meta.clone(),
             groups: store.clone(),
             engine: engine.clone(),
+            commit: commit.clone(),
             pool: pool.clone(),
             raft: config.raft.clone(),
             cluster_token: config.initial_cluster_token.clone(),

@@ -24,7 +24,10 @@ impl StoreBuilder<MetaRaftConfig, Log, Machine, ()> for MemBuilder {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
         Ok((
             (),
-            LogStore::new(engine.clone(), META_GROUP),
+            LogStore::new(
+                zongheng::raft::group_commit::GroupCommit::start(engine.clone()),
+                META_GROUP,
+            ),
             StateMachineStore::open(engine, META_GROUP)?,
         ))
     }
@@ -38,7 +41,10 @@ impl StoreBuilder<MetaRaftConfig, Log, Machine, tempfile::TempDir> for RedbBuild
         let engine: Arc<dyn Engine> = Arc::new(RedbEngine::open(dir.path().join("db.redb")).expect("open redb"));
         Ok((
             dir,
-            LogStore::new(engine.clone(), META_GROUP),
+            LogStore::new(
+                zongheng::raft::group_commit::GroupCommit::start(engine.clone()),
+                META_GROUP,
+            ),
             StateMachineStore::open(engine, META_GROUP)?,
         ))
     }

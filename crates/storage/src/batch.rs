@@ -91,6 +91,12 @@ impl WriteBatch {
         self
     }
 
+    /// Appends every operation of `other`, after this batch's own.
+    pub fn extend(&mut self, other: WriteBatch) -> &mut Self {
+        self.ops.extend(other.ops);
+        self
+    }
+
     /// The operations, in the order they will be applied.
     pub fn ops(&self) -> &[Op] {
         &self.ops

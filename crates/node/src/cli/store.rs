@@ -162,7 +162,7 @@ async fn drain(args: DrainArgs, undo: bool) -> anyhow::Result<()> {
     let store = connect(&args.client).await?;
     let (id, mut replicas) = store.drain(&args.name, 0, undo).await?;
     let verb = if undo { "undrained" } else { "draining" };
-    if args.client.json && !(args.wait && !undo) {
+    if args.client.json && (undo || !args.wait) {
         print_output(&json_line(
             &serde_json::json!({"id": format!("{id:x}"), "name": args.name, "state": verb, "replicas": replicas}),
         ))?;

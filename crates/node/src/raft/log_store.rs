@@ -7,10 +7,12 @@
 //! group-commit their appends later.
 //!
 //! ## What survives a crash
-//! - `append` and `save_vote` write with `Durability::Sync`: the entries and the
-//!   vote are fsynced before openraft is told they are done (`LogFlushed` is
-//!   called after the write returns), so a node never acknowledges an entry or
-//!   grants a vote it could forget.
+//! - `append` and `save_vote` are synced writes through the node's
+//!   [`GroupCommit`] (one fsync shared with whatever the node's other groups
+//!   write at that moment): the entries and the vote are fsynced before
+//!   openraft is told they are done (`LogFlushed` is called after the write
+//!   returns), so a node never acknowledges an entry or grants a vote it
+//!   could forget.
 //! - `truncate` is also synced: a conflicting suffix must not come back.
 //! - `save_committed` is buffered: it becomes durable with the next synced
 //!   write (the next append), so after a crash the committed index can come
@@ -27,10 +29,8 @@
 //! - `purge` is buffered: losing it only makes a restarted node re-purge
 //!   entries, which is harmless; the next synced write makes it durable.
 //!
-//! Writes run inline on the calling task: for the in-memory engine of the
-//! simulator that is required (determinism), and on redb the fsync blocks one
-//! runtime worker for its duration. A group-commit writer thread shared by all
-//! groups is the planned next step (see the performance issue).
+//! Synced writes wait for the group-commit flusher (see its module doc);
+//! buffered ones and reads go to the engine inline on the calling task.
 
 // openraft's trait methods return its `StorageError` by value; helpers
 // returning the same type keep `?` working, so its size is not ours to change.
@@ -48,6 +48,7 @@ use serde::Serialize;
 use zongheng_storage::{Durability, Engine, Key, WriteBatch};
 
 use super::codec;
+use super::group_commit::GroupCommit;
 
 /// Entries read back per engine scan (bounded by the engine's own scan limit).
 const LOG_READ_BATCH_MAX: usize = 4096;
@@ -56,6 +57,7 @@ const LOG_READ_BATCH_MAX: usize = 4096;
 /// engine and read the same data.
 pub struct LogStore<C: RaftTypeConfig> {
     engine: Arc<dyn Engine>,
+    commit: Arc<GroupCommit>,
     group: u64,
     _config: std::marker::PhantomData<C>,
 }
@@ -64,6 +66,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
             engine: self.engine.clone(),
+            commit: self.commit.clone(),
             group: self.group,
             _config: std::marker::PhantomData,
         }
@@ -71,9 +74,11 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
-    pub fn new(engine: Arc<dyn Engine>, group: u64) -> Self {
+    /// The log of `group` on `commit`'s engine, synced through `commit`.
+    pub fn new(commit: Arc<GroupCommit>, group: u64) -> Self {
         Self {
-            engine,
+            engine: commit.engine().clone(),
+            commit,
             group,
             _config: std::marker::PhantomData,
         }
@@ -191,8 +196,9 @@ where
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let mut batch = WriteBatch::new();
         batch.put(Key::RaftVote { group: self.group }.encode(), Self::encode(vote)?);
-        self.engine
-            .write(batch, Durability::Sync)
+        self.commit
+            .write_synced(batch)
+            .await
             .map_err(|error| StorageIOError::write_vote(&error).into())
     }
 
@@ -240,12 +246,11 @@ where
             batch.put(key, Self::encode(&entry)?);
         }
         // The mutation build acknowledges entries that a crash can still lose.
-        let durability = if cfg!(feature = "mutation-ack-before-fsync") {
-            Durability::Buffered
+        let result = if cfg!(feature = "mutation-ack-before-fsync") {
+            self.engine.write(batch, Durability::Buffered)
         } else {
-            Durability::Sync
+            self.commit.write_synced(batch).await
         };
-        let result = self.engine.write(batch, durability);
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -262,7 +267,10 @@ where
         let (start, end) = Key::raft_log_range_from(self.group, log_id.index);
         let mut batch = WriteBatch::new();
         batch.delete_range(start..end);
-        self.write(batch, Durability::Sync)
+        self.commit
+            .write_synced(batch)
+            .await
+            .map_err(|error| StorageIOError::write_logs(&error).into())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
@@ -288,7 +296,7 @@ mod tests {
     #[tokio::test]
     async fn a_restarted_leader_reads_its_vote_back_uncommitted() {
         let engine = Arc::new(MemEngine::new());
-        let mut store = LogStore::<MetaRaftConfig>::new(engine.clone(), META_GROUP);
+        let mut store = LogStore::<MetaRaftConfig>::new(GroupCommit::start(engine.clone()), META_GROUP);
         store.save_vote(&Vote::new_committed(7, 1)).await.expect("save vote");
         engine.crash();
         let vote = store.read_vote().await.expect("read vote").expect("a vote");
@@ -298,7 +306,7 @@ mod tests {
     #[tokio::test]
     async fn the_committed_index_becomes_durable_with_the_next_synced_write() {
         let engine = Arc::new(MemEngine::new());
-        let mut store = LogStore::<MetaRaftConfig>::new(engine.clone(), META_GROUP);
+        let mut store = LogStore::<MetaRaftConfig>::new(GroupCommit::start(engine.clone()), META_GROUP);
         let committed = Some(LogId::new(CommittedLeaderId::new(3, 1), 10));
         store.save_committed(committed).await.expect("save committed");
         engine.crash();

@@ -5,6 +5,8 @@
 //!
 //! - [`log_store`]: the durable log on the storage engine (fsync before an
 //!   append or a vote is reported done);
+//! - [`group_commit`]: the synced writes of every group on the node share
+//!   fsyncs;
 //! - [`state_machine`]: snapshots and apply, generic over an [`Application`];
 //! - [`network`]: Raft messages over one gRPC connection per peer, every
 //!   message tagged with its group id (the `meta` group is [`META_GROUP`]);
@@ -23,6 +25,7 @@
 //! "In Search of an Understandable Consensus Algorithm" (2014).
 
 pub mod codec;
+pub mod group_commit;
 pub mod log_store;
 pub mod network;
 pub mod runtime;

@@ -66,6 +66,7 @@ use super::StoreGroups;
 use crate::meta::command::MetaCommand;
 use crate::meta::group::ACTIVE_PEER_WINDOW;
 use crate::meta::MetaGroup;
+use crate::raft::group_commit::GroupCommit;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, PeerAddress, PeerPool};
 use crate::raft::state_machine::StateMachineStore;
@@ -88,6 +89,8 @@ pub struct AgentContext {
     pub meta: Arc<MetaGroup>,
     pub groups: Arc<StoreGroups>,
     pub engine: Arc<dyn Engine>,
+    /// The node's shared synced-write path (its engine is `engine`).
+    pub commit: Arc<GroupCommit>,
     pub pool: Arc<PeerPool>,
     pub raft: RaftSettings,
     pub cluster_token: String,
@@ -243,7 +246,7 @@ impl Agent {
             .raft
             .openraft_config(&format!("{}/partition/{partition}", context.cluster_token))
             .map_err(|error| error.to_string())?;
-        let log_store = LogStore::new(context.engine.clone(), group);
+        let log_store = LogStore::new(context.commit.clone(), group);
         let state_machine = StateMachineStore::<PartitionApp>::open(context.engine.clone(), group)
             .map_err(|error| error.to_string())?;
         let shared = state_machine.shared();
