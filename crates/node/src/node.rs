@@ -428,8 +428,13 @@ pub async fn start(
     let watch_service = WatchService::new(meta.clone(), shutdown_signal.clone(), config.limits.max_request_bytes);
     let lock_service = LockService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
     let election_service = ElectionService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
-    let store_service =
-        crate::server::store::StoreService::new(meta.clone(), store.clone(), store_record.partitions, pool.clone());
+    let store_service = crate::server::store::StoreService::new(
+        meta.clone(),
+        store.clone(),
+        store_record.partitions,
+        pool.clone(),
+        commit.clone(),
+    );
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let routes = tonic::service::Routes::new(

@@ -323,7 +323,7 @@ fn grpc_method_paths_match_etcd() {
         ),
         (
             "zongheng.store.v1.Store",
-            &["Timestamp", "Partition", "ShardMap", "Drain"],
+            &["Timestamp", "Partition", "ShardMap", "Drain", "NodeStats"],
         ),
     ]
     .iter()

@@ -13,6 +13,8 @@
 //! | `watch` | one `Put` observed by `--watchers` watchers on `--watch-streams` streams; latency is put → event |
 //! | `lease` | keepalive churn: `LeaseGrant`, `LeaseKeepAlive` (on a long-lived stream), `LeaseRevoke` |
 //! | `mixed` | a `Range` with probability `--read-ratio`, otherwise a `Put` |
+//! | `store-put` | a one-key transaction on the data store (zongheng only), see [`store`] |
+//! | `store-get` | a one-key snapshot read on the data store (zongheng only) |
 //!
 //! `--clients` operations are in flight at once (closed loop: each client
 //! sends its next request when the last one answers), spread over `--conns`
@@ -53,6 +55,7 @@
 
 mod lease;
 mod report;
+mod store;
 mod watch;
 mod workload;
 
@@ -152,6 +155,10 @@ pub enum Scenario {
     Lease(LeaseArgs),
     /// Reads and writes in a given ratio.
     Mixed(MixedArgs),
+    /// One-key transactions on zongheng's data store.
+    StorePut(store::StoreArgs),
+    /// One-key snapshot reads on zongheng's data store (use --prefill).
+    StoreGet(store::StoreArgs),
 }
 
 impl Scenario {
@@ -163,6 +170,8 @@ impl Scenario {
             Scenario::Watch(_) => "watch",
             Scenario::Lease(_) => "lease",
             Scenario::Mixed(_) => "mixed",
+            Scenario::StorePut(_) => "store-put",
+            Scenario::StoreGet(_) => "store-get",
         }
     }
 
@@ -432,6 +441,9 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
             }
             check_key_space("--key-space-size", mixed.key_space_size, load.key_size)?;
         }
+        Scenario::StorePut(store) | Scenario::StoreGet(store) => {
+            check_key_space("--key-space-size", store.key_space_size, load.key_size)?;
+        }
     }
     Ok(())
 }
@@ -575,7 +587,8 @@ pub async fn execute(args: &BenchArgs) -> anyhow::Result<Report> {
     let load = &args.load;
     let timeout = args.client.command_timeout();
     let (channels, endpoints) = connect(args).await?;
-    if load.prefill > 0 {
+    let store_scenario = matches!(args.scenario, Scenario::StorePut(_) | Scenario::StoreGet(_));
+    if load.prefill > 0 && !store_scenario {
         prefill(&channels, load.prefill, load, timeout).await?;
     }
     let total = match (load.total, load.duration) {
@@ -645,6 +658,40 @@ pub async fn execute(args: &BenchArgs) -> anyhow::Result<Report> {
                 .map(|index| lease::LeaseWorker::new(clients(index), lease_args, timeout))
                 .collect();
             drive(plan, workers).await
+        }
+        Scenario::StorePut(store_args) | Scenario::StoreGet(store_args) => {
+            set("key_space_size", store_args.key_space_size.into());
+            let remote = Arc::new(crate::cli::store::connect(&args.client).await?);
+            if load.prefill > 0 {
+                store::prefill(&remote, load.prefill, load).await?;
+            }
+            // One channel per endpoint: each answers for its own node.
+            let mut nodes = Vec::new();
+            for endpoint in args.client.parsed_endpoints()? {
+                nodes.push(
+                    dial(&endpoint.url, args.client.dial_timeout())
+                        .await
+                        .map_err(|reason| anyhow::anyhow!("cannot connect to {}: {reason}", endpoint.display))?,
+                );
+            }
+            let before = store::cluster_syncs(&nodes).await;
+            let plan = Arc::new(Plan::new(total, duration, load.rate));
+            let (mut recorder, elapsed) = if matches!(args.scenario, Scenario::StorePut(_)) {
+                let workers = (0..load.clients)
+                    .map(|index| store::StorePutWorker::new(remote.clone(), index, store_args, load))
+                    .collect();
+                drive(plan, workers).await
+            } else {
+                let workers = (0..load.clients)
+                    .map(|index| store::StoreGetWorker::new(remote.clone(), index, store_args, load))
+                    .collect();
+                drive(plan, workers).await
+            };
+            if let (Some(before), Some(after)) = (before, store::cluster_syncs(&nodes).await) {
+                recorder.count("synced_writes", after.0.saturating_sub(before.0));
+                recorder.count("fsyncs", after.1.saturating_sub(before.1));
+            }
+            (recorder, elapsed)
         }
         Scenario::Watch(watch_args) => {
             set("watchers", watch_args.watchers.into());

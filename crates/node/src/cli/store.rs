@@ -73,7 +73,7 @@ pub struct TxnArgs {
 }
 
 /// Connect to the endpoints' store service.
-async fn connect(options: &ClientOptions) -> anyhow::Result<RemoteStore> {
+pub(crate) async fn connect(options: &ClientOptions) -> anyhow::Result<RemoteStore> {
     let endpoints = parse_endpoints(&options.endpoints).map_err(|error| anyhow::anyhow!("{error}"))?;
     let channels = endpoints
         .iter()

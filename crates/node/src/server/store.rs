@@ -22,14 +22,15 @@ use zongheng_algo::PartitionId;
 use zongheng_proto::peer::ForwardRequest;
 use zongheng_proto::store::store_server::Store;
 use zongheng_proto::store::{
-    DrainReply, DrainRequest, PartitionCall, PartitionInfo, PartitionReply, ShardMapReply, ShardMapRequest,
-    StoreNodeInfo, TimestampReply, TimestampRequest,
+    DrainReply, DrainRequest, NodeStatsReply, NodeStatsRequest, PartitionCall, PartitionInfo, PartitionReply,
+    ShardMapReply, ShardMapRequest, StoreNodeInfo, TimestampReply, TimestampRequest,
 };
 
 use super::status::status;
 use crate::meta::command::MetaCommand;
 use crate::meta::MetaGroup;
 use crate::raft::codec;
+use crate::raft::group_commit::GroupCommit;
 use crate::raft::network::{PeerAddress, PeerPool};
 use crate::store::group::{group_of, ForwardedRequest, GroupError, PARTITION_REQUEST_TIMEOUT};
 use crate::store::request::{PartitionRequest, PartitionResponse};
@@ -50,6 +51,7 @@ pub struct StoreService {
     /// whether a missing shard map means "not created yet" or "no store".
     configured_partitions: u32,
     pool: Arc<PeerPool>,
+    commit: Arc<GroupCommit>,
 }
 
 impl StoreService {
@@ -58,12 +60,14 @@ impl StoreService {
         groups: Arc<StoreGroups>,
         configured_partitions: u32,
         pool: Arc<PeerPool>,
+        commit: Arc<GroupCommit>,
     ) -> Self {
         Self {
             meta,
             groups,
             configured_partitions,
             pool,
+            commit,
         }
     }
 
@@ -204,6 +208,18 @@ impl Store for StoreService {
     async fn shard_map(&self, _request: Request<ShardMapRequest>) -> Result<Response<ShardMapReply>, Status> {
         let map = self.shard_map().await?;
         Ok(Response::new(shard_map_reply(&map, &self.meta)))
+    }
+
+    async fn node_stats(&self, _request: Request<NodeStatsRequest>) -> Result<Response<NodeStatsReply>, Status> {
+        let counters = self.commit.counters();
+        let groups = self.groups.all();
+        Ok(Response::new(NodeStatsReply {
+            node_id: self.meta.node_id,
+            synced_writes: counters.writes.load(std::sync::atomic::Ordering::Relaxed),
+            syncs: counters.syncs.load(std::sync::atomic::Ordering::Relaxed),
+            replicas: groups.len() as u32,
+            leaders: groups.iter().filter(|group| group.is_leader()).count() as u32,
+        }))
     }
 
     async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
