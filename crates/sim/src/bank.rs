@@ -392,20 +392,31 @@ async fn converge(nemesis: &Nemesis, trace: &Trace) -> Result<u64, String> {
             None => "no meta leader with a shard map".to_string(),
             Some(map) => {
                 let running: BTreeSet<u64> = nemesis.views().iter().map(|view| view.node_id).collect();
+                // Store nodes that can hold a replica now. With fewer than R
+                // of them a partition keeps its replicas on departed nodes
+                // (the driver never shrinks a partition below R).
                 let eligible = map
                     .nodes
-                    .values()
-                    .filter(|node| node.weight > 0 && !node.draining)
+                    .iter()
+                    .filter(|(id, node)| node.weight > 0 && !node.draining && running.contains(id))
                     .count();
-                let wanted = (map.replication as usize).min(eligible).max(1);
+                let replication = map.replication as usize;
+                let wanted = replication.min(eligible).max(1);
                 let unsettled: Vec<String> = map
                     .records
                     .iter()
                     .enumerate()
                     .filter(|(_, record)| {
+                        let live = record
+                            .replicas
+                            .iter()
+                            .filter(|replica| running.contains(&replica.node))
+                            .count();
+                        let departed_allowed = eligible < replication;
                         record.moving.is_some()
-                            || record.replicas.len() != wanted
-                            || record.replicas.iter().any(|replica| !running.contains(&replica.node))
+                            || live != wanted
+                            || (!departed_allowed && record.replicas.len() != live)
+                            || record.replicas.len() > replication
                     })
                     .map(|(partition, record)| {
                         format!("{partition}: {:x?} moving {:?}", record.replicas, record.moving)
@@ -435,7 +446,12 @@ async fn converge(nemesis: &Nemesis, trace: &Trace) -> Result<u64, String> {
                             .iter()
                             .filter(|(_, id, _, _)| record.replicas.iter().any(|replica| replica.id == *id))
                             .collect();
-                        let same = replicas.len() == record.replicas.len()
+                        let live = record
+                            .replicas
+                            .iter()
+                            .filter(|replica| running.contains(&replica.node))
+                            .count();
+                        let same = replicas.len() == live
                             && replicas
                                 .windows(2)
                                 .all(|pair| pair[0].2 == pair[1].2 && pair[0].3 == pair[1].3);

@@ -511,10 +511,15 @@ pub async fn run_node_lane(context: LaneContext, episodes: Vec<Episode<NodeFault
                 if !remove_member(&context, &client, victim.node_id, &victim.host).await {
                     continue;
                 }
-                if add_member(&context, &client, &victim.host, false).await.is_none() {
+                let Some((id, half_added)) = add_member(&context, &client, &victim.host, false).await else {
+                    continue;
+                };
+                nemesis.start(&victim.host, nemesis.join_config(&victim.host)).await;
+                // An earlier attempt got as far as adding a learner: now that
+                // it runs and catches up, make it the voter it was meant to be.
+                if half_added && !promote_member(&context, &client, id, &victim.host).await {
                     continue;
                 }
-                nemesis.start(&victim.host, nemesis.join_config(&victim.host)).await;
                 context
                     .trace
                     .record(format!("nemesis: {} started to rejoin", victim.host));
@@ -538,7 +543,7 @@ pub async fn run_node_lane(context: LaneContext, episodes: Vec<Episode<NodeFault
                 context
                     .trace
                     .record(format!("nemesis: add {spare} as a learner, promote it, remove a voter"));
-                let Some(id) = add_member(&context, &client, &spare, true).await else {
+                let Some((id, _)) = add_member(&context, &client, &spare, true).await else {
                     continue;
                 };
                 nemesis.start(&spare, nemesis.join_config(&spare)).await;
@@ -648,8 +653,11 @@ async fn remove_member(context: &LaneContext, client: &SimClient, id: u64, host:
     false
 }
 
-/// `member add` of `host`'s peer URL, retried until done; returns the new id.
-async fn add_member(context: &LaneContext, client: &SimClient, host: &str, learner: bool) -> Option<u64> {
+/// `member add` of `host`'s peer URL, retried until done; returns the new
+/// id, and whether a voter was asked for but an earlier attempt only got as
+/// far as a learner (the caller starts the host, then promotes it: a learner
+/// that is not running cannot catch up, so promoting it first never works).
+async fn add_member(context: &LaneContext, client: &SimClient, host: &str, learner: bool) -> Option<(u64, bool)> {
     let deadline = now() + MEMBERSHIP_DEADLINE;
     let hosts = context.nemesis.hosts().to_vec();
     let url = peer_url(host);
@@ -666,7 +674,7 @@ async fn add_member(context: &LaneContext, client: &SimClient, host: &str, learn
                     "nemesis: added {host} as {id:x} ({}) via {via}",
                     if learner { "learner" } else { "voter" }
                 ));
-                return Some(id);
+                return Some((id, false));
             }
             Err(error) if is_refusal(&error, "Peer URLs already exists") => {
                 // An earlier attempt with an unknown outcome went through, or
@@ -679,10 +687,7 @@ async fn add_member(context: &LaneContext, client: &SimClient, host: &str, learn
                             member.id,
                             if member.is_learner { "learner" } else { "voter" }
                         ));
-                        if member.is_learner && !learner && !promote_member(context, client, member.id, host).await {
-                            return None;
-                        }
-                        return Some(member.id);
+                        return Some((member.id, member.is_learner && !learner));
                     }
                 }
                 tokio::time::sleep(MEMBERSHIP_RETRY_PAUSE).await;
