@@ -1,20 +1,36 @@
 //! Group commit: the synced writes of every Raft group on a node (the
 //! `meta` group and each partition replica) share fsyncs.
 //!
-//! A log store hands its durable write (an append, a vote, a truncation) to
-//! [`GroupCommit::write_synced`] and waits. One flusher task per node takes
-//! every write waiting at that moment, in arrival order, applies them as one
-//! engine batch with [`Durability::Sync`] (one fsync), and then wakes every
-//! writer. While that fsync runs, new writes queue up and go together in the
-//! next one, so a node with many busy partitions pays one fsync per round
-//! rather than one per group (TiKV's raftstore batches its groups' appends
-//! into one RocksDB write the same way).
+//! Two kinds of work reach the flusher, one task per node:
+//!
+//! - a **synced write** ([`GroupCommit::write_synced`]: a vote, a
+//!   truncation): the writer hands its batch over and waits;
+//! - a **flush** ([`GroupCommit::after_flush`]: a log append): the log store
+//!   has already written its entries to the engine without an fsync (visible
+//!   at once to readers, such as openraft's replication to followers) and
+//!   asks to be told once they are durable; it does not wait.
+//!
+//! The flusher takes everything waiting at that moment, in arrival order,
+//! applies the synced writes' batches as one engine batch with
+//! [`Durability::Sync`] (one fsync, which also makes every earlier buffered
+//! write durable), and then answers everyone. While that fsync runs, new work
+//! queues up and goes together in the next one, so a node with many busy
+//! partitions pays one fsync per round rather than one per group (TiKV's
+//! raftstore batches its groups' appends into one RocksDB write the same
+//! way). Because an append does not wait, openraft sends the entries to the
+//! followers while the leader's own fsync runs: the two fsyncs of a write
+//! overlap, as etcd's do (Raft thesis 10.2.1), instead of following each
+//! other.
 //!
 //! What a writer is told is exactly what a direct synced write would tell
-//! it: `Ok` only once its batch is on stable storage. Batches stay in the
-//! order they arrived, so one group's writes keep their order; batches of
-//! different groups touch different keys. A batch over an engine limit is
-//! refused before it is queued, so it cannot fail the others' round.
+//! it: `Ok` only once its batch (or, for a flush, everything it wrote
+//! before asking) is on stable storage. Work is answered in the order it
+//! arrived, so one group's appends are acknowledged in order; batches of
+//! different groups touch different keys. The engine loses only a suffix of
+//! buffered writes in a crash, never a middle, so a later buffered write
+//! (the committed index) can never become durable without the entries
+//! written before it. A batch over an engine limit is refused before it is
+//! queued, so it cannot fail the others' round.
 //!
 //! The fsync blocks the flusher's thread: on a multi-threaded runtime the
 //! flusher first moves the runtime's other work off it
@@ -39,12 +55,15 @@ pub const ROUND_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most writes waiting for the flusher.
 pub const QUEUE_MAX: usize = 8_192;
 
+/// Told the round's outcome: `Err` carries the engine's error as text (one
+/// error, many waiters).
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 struct Pending {
+    /// Empty for a flush.
     batch: WriteBatch,
     bytes: usize,
-    /// The round's outcome: `Err` carries the engine's error as text (one
-    /// error, many waiters).
-    done: oneshot::Sender<Result<(), String>>,
+    done: Done,
 }
 
 /// The node's shared synced-write path (see the module doc).
@@ -57,7 +76,7 @@ pub struct GroupCommit {
 /// What the flusher has done, for the node's statistics and benchmarks.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Synced writes asked for.
+    /// Synced writes and flushes asked for.
     pub writes: AtomicU64,
     /// fsyncs (engine writes with `Durability::Sync`) that carried them.
     pub syncs: AtomicU64,
@@ -93,6 +112,9 @@ impl GroupCommit {
         let bytes = batch_bytes(&batch);
         let (done, finished) = oneshot::channel();
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let done: Done = Box::new(move |result| {
+            let _ = done.send(result);
+        });
         self.queue
             .send(Pending { batch, bytes, done })
             .await
@@ -104,6 +126,23 @@ impl GroupCommit {
                 context: "writing a group commit",
                 source: std::io::Error::other(message),
             })
+    }
+
+    /// Call `done` once every write made to the engine before this call is
+    /// durable (after the next round's fsync). Does not wait for it.
+    pub async fn after_flush(
+        &self,
+        done: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) -> Result<(), StorageError> {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.queue
+            .send(Pending {
+                batch: WriteBatch::new(),
+                bytes: 0,
+                done: Box::new(done),
+            })
+            .await
+            .map_err(|_| flusher_gone())
     }
 }
 
@@ -161,7 +200,7 @@ async fn flush(engine: Arc<dyn Engine>, mut receiver: mpsc::Receiver<Pending>, c
         let result = write_blocking(&*engine, merged).map_err(|error| error.to_string());
         counters.syncs.fetch_add(1, Ordering::Relaxed);
         for waiter in waiters {
-            let _ = waiter.send(result.clone());
+            waiter(result.clone());
         }
     }
 }
@@ -211,6 +250,23 @@ mod tests {
         let syncs = commit.counters().syncs.load(Ordering::Relaxed);
         assert_eq!(writes, 64);
         assert!(syncs < writes, "{syncs} fsyncs for {writes} writes: nothing was shared");
+    }
+
+    #[tokio::test]
+    async fn a_flush_is_answered_once_earlier_buffered_writes_are_durable() {
+        let engine = Arc::new(MemEngine::new());
+        let commit = GroupCommit::start(engine.clone());
+        engine.write(put("buffered"), Durability::Buffered).unwrap();
+        let (told, answer) = oneshot::channel();
+        commit
+            .after_flush(move |result| {
+                let _ = told.send(result);
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap().unwrap();
+        engine.crash();
+        assert!(engine.get(b"buffered").unwrap().is_some(), "flushed before the answer");
     }
 
     #[tokio::test]

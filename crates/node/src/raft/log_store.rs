@@ -7,12 +7,12 @@
 //! group-commit their appends later.
 //!
 //! ## What survives a crash
-//! - `append` and `save_vote` are synced writes through the node's
-//!   [`GroupCommit`] (one fsync shared with whatever the node's other groups
-//!   write at that moment): the entries and the vote are fsynced before
-//!   openraft is told they are done (`LogFlushed` is called after the write
-//!   returns), so a node never acknowledges an entry or grants a vote it
-//!   could forget.
+//! - `append` writes the entries without an fsync and asks the node's
+//!   [`GroupCommit`] flusher to call openraft's `LogFlushed` callback once
+//!   the next shared fsync has made them durable; `save_vote` is a synced
+//!   write through the same flusher. So a node never acknowledges an entry
+//!   or grants a vote it could forget, while the leader's fsync overlaps its
+//!   followers' (see `group_commit`).
 //! - `truncate` is also synced: a conflicting suffix must not come back.
 //! - `save_committed` is buffered: it becomes durable with the next synced
 //!   write (the next append), so after a crash the committed index can come
@@ -245,22 +245,22 @@ where
             .encode();
             batch.put(key, Self::encode(&entry)?);
         }
-        // The mutation build acknowledges entries that a crash can still lose.
-        let result = if cfg!(feature = "mutation-ack-before-fsync") {
-            self.engine.write(batch, Durability::Buffered)
-        } else {
-            self.commit.write_synced(batch).await
-        };
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                callback.log_io_completed(Err(io::Error::other(error.to_string())));
-                Err(StorageIOError::write_logs(&error).into())
-            }
+        // Visible at once (openraft's replication reads the entries back to
+        // send them to followers while this node's fsync runs); acknowledged
+        // to openraft only once the group-commit flusher made them durable.
+        if let Err(error) = self.engine.write(batch, Durability::Buffered) {
+            callback.log_io_completed(Err(io::Error::other(error.to_string())));
+            return Err(StorageIOError::write_logs(&error).into());
         }
+        if cfg!(feature = "mutation-ack-before-fsync") {
+            // The mutation build acknowledges entries a crash can still lose.
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        self.commit
+            .after_flush(move |result| callback.log_io_completed(result.map_err(io::Error::other)))
+            .await
+            .map_err(|error| StorageIOError::write_logs(&error).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
