@@ -142,6 +142,34 @@ fn store_commands_and_transactions_against_a_cluster() {
     assert!(errors.contains("write conflict"), "{errors}");
     assert_eq!(ok(store(&endpoints, &["store", "get", "user/02"])), "by-second\n");
 
+    // Reads at followers (after a read index) and stale reads at any replica.
+    assert_eq!(
+        ok(store(&endpoints, &["store", "get", "user/05", "--consistency", "f"])),
+        "name-5\n"
+    );
+    assert_eq!(
+        eventually_ok(
+            &endpoints,
+            &[
+                "store",
+                "get",
+                "user/05",
+                "--consistency",
+                "s",
+                "--max-staleness-ms",
+                "10000"
+            ]
+        ),
+        "name-5\n"
+    );
+    assert_eq!(
+        ok(store(
+            &endpoints,
+            &["store", "scan", "user/", "--count", "--consistency", "f"]
+        )),
+        "19\n"
+    );
+
     // Batches: several keys in one snapshot, several writes in one transaction.
     assert_eq!(
         ok(store(

@@ -31,8 +31,12 @@
 //! - **timestamps follow real time**: an audit that begins after a commit was
 //!   acknowledged reads at a later timestamp (so it sees that commit);
 //! - **per-key histories are linearizable**: register clients put, read and
-//!   compare-and-set single keys; the history is judged by the register
-//!   model of `zongheng-check`;
+//!   compare-and-set single keys, reading at the leader or, half the time,
+//!   at a follower after a read index; the history is judged by the register
+//!   model of `zongheng-check`; their stale reads (any replica, bounded
+//!   staleness) must return a value the key once held;
+//! - half the audits read at followers (a read index first), and must sum
+//!   and follow real time like the others;
 //! - **the store converges**: after healing, every partition has its replicas
 //!   on running nodes with no move under way, and its replicas' states are
 //!   identical;
@@ -55,6 +59,7 @@ use rand::{Rng, SeedableRng};
 use zongheng::config::StoreSettings;
 use zongheng::net::transport::channel;
 use zongheng::store::client::{PartitionTransport, StoreError, Transaction, TxnOptions};
+use zongheng::store::group::ReadMode;
 use zongheng::store::remote::{Dialer, RemoteStore};
 use zongheng::store::request::{PartitionRequest, PartitionResponse};
 use zongheng::store::timestamp::Timestamp;
@@ -241,9 +246,14 @@ async fn transfer(
     Ok(Some((start_ts, txn.commit().await?)))
 }
 
-/// Every balance in one snapshot, and its start timestamp.
-async fn audit(store: &RemoteStore, accounts: usize) -> Result<(Timestamp, Vec<u64>), StoreError> {
-    let txn = Transaction::begin(store, TxnOptions::default()).await?;
+/// Every balance in one snapshot, and its start timestamp; `read_mode`
+/// linearizable or follower (both keep snapshot isolation).
+async fn audit(store: &RemoteStore, accounts: usize, read_mode: ReadMode) -> Result<(Timestamp, Vec<u64>), StoreError> {
+    let options = TxnOptions {
+        read_mode,
+        ..TxnOptions::default()
+    };
+    let txn = Transaction::begin(store, options).await?;
     let mut balances = Vec::with_capacity(accounts);
     for index in 0..accounts {
         balances.push(parse_balance(txn.get(&account(index)).await?).expect("balances are numbers"));
@@ -267,8 +277,15 @@ fn now_nanos() -> u64 {
     turmoil::sim_elapsed().unwrap_or_default().as_nanos() as u64
 }
 
-/// One single-key operation as a transaction; what the history records.
-async fn register_operation(store: &RemoteStore, input: &KvInput) -> Outcome<KvOutput> {
+/// Longest staleness a register client's stale read accepts.
+const STALE_READ_MS_MAX: u64 = 2_000;
+
+/// One single-key operation as a transaction; what the history records. A
+/// linearizable get is read at the leader or, with `follower`, at another
+/// replica after a read index (linearizable too); a get marked not
+/// linearizable is a stale read, which the register model only requires
+/// to return a value the key once held.
+async fn register_operation(store: &RemoteStore, input: &KvInput, follower: bool) -> Outcome<KvOutput> {
     // A write refused by the partition (a conflict, a rolled-back lock)
     // did not happen; any other failure may have committed.
     let write_outcome = |result: Result<Timestamp, StoreError>, output: KvOutput| match result {
@@ -276,7 +293,20 @@ async fn register_operation(store: &RemoteStore, input: &KvInput) -> Outcome<KvO
         Err(StoreError::Txn(error)) => Outcome::Failed(error.to_string()),
         Err(error) => Outcome::Unknown(error.to_string()),
     };
-    let txn = match Transaction::begin(store, TxnOptions::default()).await {
+    let read_mode = match input {
+        KvInput::Get {
+            linearizable: false, ..
+        } => ReadMode::Stale {
+            max_staleness_ms: STALE_READ_MS_MAX,
+        },
+        _ if follower => ReadMode::Follower,
+        _ => ReadMode::Linearizable,
+    };
+    let options = TxnOptions {
+        read_mode,
+        ..TxnOptions::default()
+    };
+    let txn = match Transaction::begin(store, options).await {
         Ok(txn) => txn,
         Err(error) => return Outcome::Failed(error.to_string()),
     };
@@ -539,7 +569,12 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                     let latest = shared.acknowledged.iter().map(|(_, _, commit_ts)| *commit_ts).max();
                     (shared.workers_done == options.workers, latest)
                 };
-                match audit(&store, options.accounts).await {
+                let read_mode = if rng.gen_bool(0.5) {
+                    ReadMode::Follower
+                } else {
+                    ReadMode::Linearizable
+                };
+                match audit(&store, options.accounts, read_mode).await {
                     Ok((start_ts, balances)) => {
                         check_balances(&balances, &options, "an audit")?;
                         // Timestamps follow real time: a snapshot taken after a
@@ -656,9 +691,13 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                 let value = format!("{client_id}-{sequence}").into_bytes();
                 let input = match rng.gen_range(0..10) {
                     0..=3 => KvInput::Put { key, value },
-                    4..=7 => KvInput::Get {
+                    4..=6 => KvInput::Get {
                         key,
                         linearizable: true,
+                    },
+                    7 => KvInput::Get {
+                        key,
+                        linearizable: false,
                     },
                     _ => {
                         let expected = (rng.gen_bool(0.3))
@@ -675,7 +714,7 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                     .unwrap()
                     .history
                     .invoke(client_id, now_nanos(), input.clone());
-                let outcome = register_operation(&store, &input).await;
+                let outcome = register_operation(&store, &input, rng.gen_bool(0.5)).await;
                 shared.lock().unwrap().history.complete(id, now_nanos(), outcome);
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(20..300))).await;
             }

@@ -19,14 +19,52 @@ use tonic::transport::Endpoint;
 
 use super::client::{display_bytes, json_line, parse_endpoints, print_output, ClientOptions};
 use crate::store::client::{Transaction, TxnOptions};
+use crate::store::group::ReadMode;
 use crate::store::remote::RemoteStore;
 
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {
     #[command(subcommand)]
     pub command: StoreCommand,
+    /// How fresh reads must be: `l` linearizable (at the partition's leader),
+    /// `f` follower (at any replica, after a read index from the leader: as
+    /// fresh), `s` stale (at any replica, from what it has applied; may miss
+    /// recent writes, but answers while the leader is cut off).
+    #[arg(long, global = true, value_enum, default_value = "l")]
+    pub consistency: StoreConsistency,
+    /// With `--consistency s`: refuse a replica that last heard from its
+    /// leader longer ago than this (milliseconds).
+    #[arg(long, global = true, default_value_t = 5_000, value_name = "MS")]
+    pub max_staleness_ms: u64,
     #[command(flatten)]
     pub client: ClientOptions,
+}
+
+/// `--consistency` of `zongheng store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreConsistency {
+    #[value(name = "l")]
+    Linearizable,
+    #[value(name = "f")]
+    Follower,
+    #[value(name = "s")]
+    Stale,
+}
+
+impl StoreArgs {
+    fn txn_options(&self) -> TxnOptions {
+        let read_mode = match self.consistency {
+            StoreConsistency::Linearizable => ReadMode::Linearizable,
+            StoreConsistency::Follower => ReadMode::Follower,
+            StoreConsistency::Stale => ReadMode::Stale {
+                max_staleness_ms: self.max_staleness_ms,
+            },
+        };
+        TxnOptions {
+            read_mode,
+            ..TxnOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -224,10 +262,11 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
 
 async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     let store = connect(&args.client).await?;
+    let options = args.txn_options();
     let json = args.client.json;
     match args.command {
         StoreCommand::Get { key } => {
-            let txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            let txn = Transaction::begin(&store, options.clone()).await?;
             match txn.get(key.as_bytes()).await? {
                 Some(value) if json => print_output(&json_line(
                     &serde_json::json!({"key": key, "value": display_bytes(&value)}),
@@ -262,7 +301,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
             }
         }
         StoreCommand::BatchGet { keys } => {
-            let txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            let txn = Transaction::begin(&store, options.clone()).await?;
             let asked: Vec<Vec<u8>> = keys.iter().map(|key| key.as_bytes().to_vec()).collect();
             let values = txn.batch_get(&asked).await?;
             let mut out = String::new();
@@ -317,7 +356,7 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
                     prefix
                 );
             }
-            let txn = Transaction::begin(&store, TxnOptions::default()).await?;
+            let txn = Transaction::begin(&store, options.clone()).await?;
             let limit = if count { usize::MAX } else { limit };
             let rows = txn.scan(&start, &end, limit).await?;
             if count {

@@ -19,7 +19,7 @@ use crate::meta::{MetaError, MetaGroup, MetaRaftConfig};
 use crate::raft::{codec, META_GROUP};
 use crate::store::app::StoreRaftConfig;
 use crate::store::group::{
-    partition_of_group, ForwardedRequest, GroupError, PartitionGroup, PARTITION_REQUEST_TIMEOUT,
+    partition_of_group, ForwardedRequest, GroupError, PartitionGroup, ReadAnswer, ReadMode, PARTITION_REQUEST_TIMEOUT,
 };
 use crate::store::StoreGroups;
 
@@ -50,7 +50,18 @@ impl PeerService {
             RaftKind::AppendEntries => {
                 let rpc: AppendEntriesRequest<StoreRaftConfig> =
                     codec::decode(&request.payload).map_err(bad_payload)?;
-                encode_reply(&group.raft.append_entries(rpc).await)
+                let result = group.raft.append_entries(rpc).await;
+                // A current leader reached us (a stale one is answered
+                // `HigherVote`): the clock of stale reads restarts.
+                if matches!(
+                    result,
+                    Ok(openraft::raft::AppendEntriesResponse::Success
+                        | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
+                        | openraft::raft::AppendEntriesResponse::Conflict)
+                ) {
+                    group.heard_from_leader();
+                }
+                encode_reply(&result)
             }
             RaftKind::Vote => {
                 let rpc: VoteRequest<u64> = codec::decode(&request.payload).map_err(bad_payload)?;
@@ -208,11 +219,20 @@ impl Peer for PeerService {
         if let Some(partition) = self.partition_group(request.group_id) {
             let partition = partition?;
             let forwarded: ForwardedRequest = codec::decode(&request.payload).map_err(bad_payload)?;
-            let result = if partition.is_leader() {
+            let result = if !forwarded.request.is_write() && forwarded.read != ReadMode::Linearizable {
+                // Follower and stale reads are served by the replica asked.
+                partition
+                    .read_here(forwarded.read, forwarded.epoch, &forwarded.request)
+                    .await
+            } else if partition.is_leader() {
                 let deadline = Instant::now() + PARTITION_REQUEST_TIMEOUT;
                 partition
                     .execute_on_leader(forwarded.epoch, forwarded.request, deadline)
                     .await
+                    .map(|response| ReadAnswer {
+                        response,
+                        staleness_ms: 0,
+                    })
             } else {
                 Err(GroupError::NotLeader {
                     partition: partition.partition,
@@ -238,7 +258,20 @@ impl Peer for PeerService {
     }
 
     async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
-        let group = self.group(request.into_inner().group_id)?;
+        let group_id = request.into_inner().group_id;
+        if let Some(partition) = self.partition_group(group_id) {
+            let partition = partition?;
+            return match partition.read_index_for_follower().await {
+                Ok(read_index) => Ok(Response::new(ReadIndexReply {
+                    read_index,
+                    leader_id: partition.replica_id,
+                    term: partition.raft.metrics().borrow().current_term,
+                })),
+                Err(GroupError::NotLeader { .. }) => Err(Status::failed_precondition("zongheng: not the leader")),
+                Err(error) => Err(Status::unavailable(format!("zongheng: read index: {error}"))),
+            };
+        }
+        let group = self.group(group_id)?;
         match group.read_index_for_follower().await {
             Ok(read_index) => Ok(Response::new(ReadIndexReply {
                 read_index,

@@ -32,8 +32,8 @@ use crate::meta::MetaGroup;
 use crate::raft::codec;
 use crate::raft::group_commit::GroupCommit;
 use crate::raft::network::{PeerAddress, PeerPool};
-use crate::store::group::{group_of, ForwardedRequest, GroupError, PARTITION_REQUEST_TIMEOUT};
-use crate::store::request::{PartitionRequest, PartitionResponse};
+use crate::store::group::{group_of, ForwardedRequest, GroupError, ReadAnswer, ReadMode, PARTITION_REQUEST_TIMEOUT};
+use crate::store::request::PartitionRequest;
 use crate::store::shard_map::{ShardMap, ShardMapCommand};
 use crate::store::StoreGroups;
 
@@ -105,30 +105,45 @@ impl StoreService {
         ))
     }
 
+    /// Serve `request` on the partition: its leader for writes and
+    /// linearizable reads; for follower and stale reads this node's replica
+    /// or another one (the others first, to spread reads).
     async fn route(
         &self,
         partition: PartitionId,
         epoch: u64,
         request: PartitionRequest,
-    ) -> Result<PartitionResponse, GroupError> {
+        read: ReadMode,
+    ) -> Result<ReadAnswer, GroupError> {
         let deadline = Instant::now() + PARTITION_REQUEST_TIMEOUT;
+        let any_replica = !request.is_write() && read != ReadMode::Linearizable;
         let payload = codec::encode(&ForwardedRequest {
             epoch,
             request: request.clone(),
+            read,
         })
         .map_err(|error| GroupError::Internal(error.to_string()))?;
         loop {
             if let Some(group) = self.groups.get(partition) {
-                return group.execute(epoch, request).await;
+                if any_replica {
+                    return group.read_here(read, epoch, &request).await;
+                }
+                return group.execute(epoch, request).await.map(|response| ReadAnswer {
+                    response,
+                    staleness_ms: 0,
+                });
             }
             // No replica here: ask the nodes that hold one until one serves it.
             let candidates = self.meta.read(|app| {
                 app.shard_map
                     .record(partition)
                     .map(|record| {
-                        let mut nodes: Vec<u64> = record.leader.into_iter().collect();
-                        nodes.extend(record.nodes().into_iter().filter(|id| Some(*id) != record.leader));
-                        nodes
+                        let others = record.nodes().into_iter().filter(|id| Some(*id) != record.leader);
+                        if any_replica {
+                            others.chain(record.leader).collect::<Vec<u64>>()
+                        } else {
+                            record.leader.into_iter().chain(others).collect()
+                        }
                     })
                     .unwrap_or_default()
             });
@@ -150,11 +165,12 @@ impl StoreService {
                     Ok(Err(status)) if status.code() == Code::NotFound => continue,
                     Ok(Err(_)) => return Err(GroupError::Timeout),
                     Ok(Ok(reply)) => {
-                        let result =
-                            codec::decode::<Result<PartitionResponse, GroupError>>(&reply.into_inner().payload)
-                                .map_err(|error| GroupError::Internal(error.to_string()))?;
+                        let result = codec::decode::<Result<ReadAnswer, GroupError>>(&reply.into_inner().payload)
+                            .map_err(|error| GroupError::Internal(error.to_string()))?;
                         match result {
-                            Err(GroupError::NotLeader { .. } | GroupError::NoLeader(_)) => continue,
+                            Err(
+                                GroupError::NotLeader { .. } | GroupError::NoLeader(_) | GroupError::TooStale { .. },
+                            ) => continue,
                             other => return other,
                         }
                     }
@@ -199,10 +215,25 @@ impl Store for StoreService {
                 "ZH_STORE_BAD_REQUEST",
             )
         })?;
-        let result = self.route(call.partition, call.epoch, request).await;
-        let result = codec::encode(&result)
+        let read = match zongheng_proto::store::ReadMode::try_from(call.read_mode) {
+            Ok(zongheng_proto::store::ReadMode::Follower) => ReadMode::Follower,
+            Ok(zongheng_proto::store::ReadMode::Stale) => ReadMode::Stale {
+                max_staleness_ms: call.max_staleness_ms,
+            },
+            Ok(zongheng_proto::store::ReadMode::Linearizable) => ReadMode::Linearizable,
+            Err(_) => {
+                return Err(status(
+                    Code::InvalidArgument,
+                    format!("zongheng: unknown read mode {}", call.read_mode),
+                    "ZH_STORE_BAD_REQUEST",
+                ))
+            }
+        };
+        let answer = self.route(call.partition, call.epoch, request, read).await;
+        let staleness_ms = answer.as_ref().map_or(0, |answer| answer.staleness_ms);
+        let result = codec::encode(&answer.map(|answer| answer.response))
             .map_err(|error| Status::internal(format!("zongheng: cannot encode the reply: {error}")))?;
-        Ok(Response::new(PartitionReply { result }))
+        Ok(Response::new(PartitionReply { result, staleness_ms }))
     }
 
     async fn shard_map(&self, _request: Request<ShardMapRequest>) -> Result<Response<ShardMapReply>, Status> {

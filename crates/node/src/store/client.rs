@@ -40,6 +40,7 @@ use futures::StreamExt as _;
 use tokio::time::Instant;
 use zongheng_algo::{partition_of, PartitionId};
 
+use super::group::ReadMode;
 use super::request::{PartitionRequest, PartitionResponse, BATCH_GET_KEYS_MAX, BATCH_KEYS_MAX};
 use super::timestamp::Timestamp;
 use super::txn::{LockInfo, Mutation, Row, TxnError, TxnStatus};
@@ -126,6 +127,17 @@ pub trait PartitionTransport: Send + Sync {
         partition: PartitionId,
         request: PartitionRequest,
     ) -> impl Future<Output = Result<PartitionResponse, StoreError>> + Send;
+    /// One read to `partition`, as fresh as `mode` asks (a transport that
+    /// only knows leaders serves every read linearizably).
+    fn read(
+        &self,
+        partition: PartitionId,
+        request: PartitionRequest,
+        mode: ReadMode,
+    ) -> impl Future<Output = Result<PartitionResponse, StoreError>> + Send {
+        let _ = mode;
+        self.call(partition, request)
+    }
 }
 
 /// Knobs of one transaction.
@@ -133,6 +145,12 @@ pub trait PartitionTransport: Send + Sync {
 pub struct TxnOptions {
     pub lock_ttl_ms: u64,
     pub deadline: Duration,
+    /// How fresh its reads must be. `Follower` keeps snapshot isolation
+    /// (a read index from the leader first); `Stale` may miss commits before
+    /// the start timestamp, so a transaction that reads stale and writes is
+    /// no longer snapshot-isolated: use it for read-only work that tolerates
+    /// old data.
+    pub read_mode: ReadMode,
 }
 
 impl Default for TxnOptions {
@@ -140,6 +158,7 @@ impl Default for TxnOptions {
         Self {
             lock_ttl_ms: LOCK_TTL_MS_DEFAULT,
             deadline: TXN_DEADLINE_DEFAULT,
+            read_mode: ReadMode::Linearizable,
         }
     }
 }
@@ -430,7 +449,14 @@ impl<'t, T: PartitionTransport> Transaction<'t, T> {
     ) -> Result<PartitionResponse, StoreError> {
         let mut pause = RETRY_PAUSE_MIN;
         loop {
-            let error = match self.transport.call(partition, request.clone()).await {
+            let sent = if request.is_write() {
+                self.transport.call(partition, request.clone()).await
+            } else {
+                self.transport
+                    .read(partition, request.clone(), self.options.read_mode)
+                    .await
+            };
+            let error = match sent {
                 Ok(response) => return Ok(response),
                 Err(StoreError::Txn(TxnError::Locked(lock))) if lock.start_ts != self.start_ts => {
                     match resolve_lock(self.transport, &lock, self.deadline).await? {

@@ -32,7 +32,7 @@ use openraft::Raft;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use zongheng_algo::PartitionId;
-use zongheng_proto::peer::ForwardRequest;
+use zongheng_proto::peer::{ForwardRequest, ReadIndexRequest};
 
 use super::app::{PartitionApp, PartitionCommand, PartitionError, PartitionIdentity, ReplicaNode, StoreRaftConfig};
 use super::request::{PartitionRequest, PartitionResponse};
@@ -61,6 +61,25 @@ pub fn partition_of_group(group: u64) -> Option<PartitionId> {
         .flatten()
 }
 
+/// How fresh a read must be, chosen per request (the CAP choice, see
+/// `docs/architecture.md` section 18).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadMode {
+    /// At the partition's leader after a read index: sees every write
+    /// acknowledged before the read began. Unavailable without a quorum.
+    #[default]
+    Linearizable,
+    /// At any replica, after asking the leader for a read index and waiting
+    /// to apply it: as fresh as `Linearizable`, with the read's work on a
+    /// follower. Still needs the leader and a quorum.
+    Follower,
+    /// At any replica, from what it has applied, if it heard from its leader
+    /// within `max_staleness_ms`: may miss recent writes (the answer says by
+    /// how old it may be), but works on a replica cut off from the leader
+    /// until the bound passes.
+    Stale { max_staleness_ms: u64 },
+}
+
 /// Why a partition request failed on the node side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum GroupError {
@@ -75,17 +94,30 @@ pub enum GroupError {
     Timeout,
     #[error("the partition replica stopped")]
     Stopped,
+    #[error(
+        "this replica last heard from its leader {staleness_ms} ms ago, more than the {max_staleness_ms} ms allowed"
+    )]
+    TooStale { staleness_ms: u64, max_staleness_ms: u64 },
     #[error(transparent)]
     Partition(#[from] PartitionError),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
-/// A request as forwarded between replicas.
+/// A request as forwarded between replicas: to the leader, or, for a
+/// follower or stale read, to the replica that is to serve it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardedRequest {
     pub epoch: u64,
     pub request: PartitionRequest,
+    pub read: ReadMode,
+}
+
+/// A read's answer and how stale it may be (0: as fresh as a linearizable read).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadAnswer {
+    pub response: PartitionResponse,
+    pub staleness_ms: u64,
 }
 
 /// One partition replica on this node.
@@ -100,6 +132,9 @@ pub struct PartitionGroup {
     pub raft: Raft<StoreRaftConfig>,
     pub state: Shared<PartitionApp>,
     pool: Arc<PeerPool>,
+    /// When this replica last accepted entries or a heartbeat from a leader
+    /// (for stale reads).
+    leader_contact: std::sync::Mutex<Option<Instant>>,
 }
 
 impl PartitionGroup {
@@ -120,7 +155,141 @@ impl PartitionGroup {
             raft,
             state,
             pool,
+            leader_contact: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A leader's AppendEntries (entries or heartbeat) was accepted here now.
+    pub fn heard_from_leader(&self) {
+        *self.leader_contact.lock().expect("leader contact lock poisoned") = Some(Instant::now());
+    }
+
+    /// Milliseconds since this replica last heard from a leader (0 on the
+    /// leader itself; `u64::MAX` if never).
+    pub fn staleness_ms(&self) -> u64 {
+        if self.is_leader() {
+            return 0;
+        }
+        self.leader_contact
+            .lock()
+            .expect("leader contact lock poisoned")
+            .map_or(u64::MAX, |at| at.elapsed().as_millis() as u64)
+    }
+
+    /// Serve the read `request` here, on this replica, as `mode` allows (see
+    /// [`ReadMode`]); a linearizable read is served only by the leader.
+    pub async fn read_here(
+        &self,
+        mode: ReadMode,
+        epoch: u64,
+        request: &PartitionRequest,
+    ) -> Result<ReadAnswer, GroupError> {
+        assert!(!request.is_write(), "only reads are served by any replica");
+        let deadline = Instant::now() + PARTITION_REQUEST_TIMEOUT;
+        let staleness_ms = match mode {
+            ReadMode::Linearizable if !self.is_leader() => {
+                return Err(GroupError::NotLeader {
+                    partition: self.partition,
+                    leader: self.current_leader(),
+                })
+            }
+            ReadMode::Linearizable => {
+                self.read_index().await?;
+                0
+            }
+            ReadMode::Follower if self.is_leader() => {
+                self.read_index().await?;
+                0
+            }
+            ReadMode::Follower => {
+                let leader = self.current_leader().ok_or(GroupError::NoLeader(self.partition))?;
+                let index = self.remote_read_index(leader, deadline).await?;
+                self.wait_applied(index, deadline).await?;
+                0
+            }
+            ReadMode::Stale { max_staleness_ms } => {
+                let staleness_ms = self.staleness_ms();
+                if staleness_ms > max_staleness_ms {
+                    return Err(GroupError::TooStale {
+                        staleness_ms,
+                        max_staleness_ms,
+                    });
+                }
+                staleness_ms
+            }
+        };
+        Ok(ReadAnswer {
+            response: self.read_applied(epoch, request)?,
+            staleness_ms,
+        })
+    }
+
+    /// Answer the read `request` from the applied state as it is now.
+    fn read_applied(&self, epoch: u64, request: &PartitionRequest) -> Result<PartitionResponse, GroupError> {
+        let applied = self.state.read().expect("state machine lock poisoned");
+        if applied.app.identity.is_none() {
+            // Nothing was ever written here: read an empty partition,
+            // with the same checks of the request.
+            let empty = PartitionApp {
+                identity: Some(PartitionIdentity {
+                    partition: self.partition,
+                    partitions: self.partitions,
+                }),
+                ..PartitionApp::default()
+            };
+            return Ok(empty.read(self.partition, epoch, request)?);
+        }
+        Ok(applied.app.read(self.partition, epoch, request)?)
+    }
+
+    /// On the leader, for a follower read elsewhere: confirm leadership with
+    /// a quorum and return the index the follower must apply first.
+    pub async fn read_index_for_follower(&self) -> Result<u64, GroupError> {
+        let last_log_index = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let read_log_id = self.confirm_leadership().await?;
+        Ok(read_log_id.max(last_log_index))
+    }
+
+    /// Ask the leader for a read index (see [`Self::read_index_for_follower`]).
+    async fn remote_read_index(&self, leader: u64, deadline: Instant) -> Result<u64, GroupError> {
+        let address = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .and_then(PeerAddress::peer_address)
+        };
+        let Some(address) = address else {
+            return Err(GroupError::NoLeader(self.partition));
+        };
+        let mut client = self.pool.client(&address);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut message = tonic::Request::new(ReadIndexRequest {
+            group_id: self.group_id(),
+        });
+        message.set_timeout(remaining);
+        match tokio::time::timeout(remaining, client.read_index(message)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner().read_index),
+            // A read has no side effect: any failure may be retried.
+            Ok(Err(_)) | Err(_) => Err(GroupError::NotLeader {
+                partition: self.partition,
+                leader: None,
+            }),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), GroupError> {
+        self.raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .applied_index_at_least(Some(index), "partition read")
+            .await
+            .map(|_| ())
+            .map_err(|error| match error {
+                openraft::metrics::WaitError::Timeout(..) => GroupError::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => GroupError::Stopped,
+            })
     }
 
     pub fn group_id(&self) -> u64 {
@@ -184,20 +353,7 @@ impl PartitionGroup {
                 Ok(reply.data?)
             } else {
                 self.read_index().await?;
-                let applied = self.state.read().expect("state machine lock poisoned");
-                if applied.app.identity.is_none() {
-                    // Nothing was ever written here: read an empty partition,
-                    // with the same checks of the request.
-                    let empty = PartitionApp {
-                        identity: Some(PartitionIdentity {
-                            partition: self.partition,
-                            partitions: self.partitions,
-                        }),
-                        ..PartitionApp::default()
-                    };
-                    return Ok(empty.read(self.partition, epoch, &request)?);
-                }
-                Ok(applied.app.read(self.partition, epoch, &request)?)
+                self.read_applied(epoch, &request)
             }
         };
         tokio::time::timeout(remaining, work)
@@ -234,17 +390,7 @@ impl PartitionGroup {
     /// and after confirming that with a quorum (see `store::agent`: a
     /// replica deletes its data only on a confirmed "no").
     pub async fn replica_status(&self, replica: u64) -> Result<bool, GroupError> {
-        match self.raft.get_read_log_id().await {
-            Ok(_) => {}
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                return Err(GroupError::NotLeader {
-                    partition: self.partition,
-                    leader: forward.leader_id,
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => return Err(GroupError::Timeout),
-            Err(RaftError::Fatal(_)) => return Err(GroupError::Stopped),
-        }
+        self.confirm_leadership().await?;
         let pending = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -261,32 +407,27 @@ impl PartitionGroup {
         Ok(pending || committed)
     }
 
+    /// Confirm leadership with a quorum; the read log id's index.
+    async fn confirm_leadership(&self) -> Result<u64, GroupError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(read_log_id.map(|log_id| log_id.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => Err(GroupError::NotLeader {
+                partition: self.partition,
+                leader: forward.leader_id,
+            }),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(GroupError::Timeout),
+            Err(RaftError::Fatal(_)) => Err(GroupError::Stopped),
+        }
+    }
+
     /// Confirm leadership with a quorum and wait until this replica applied
     /// everything in its log at that moment (see `meta::read_index` for why
     /// the last log index, not only openraft's read log id).
     async fn read_index(&self) -> Result<(), GroupError> {
         let last_log_index = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
-        let read_log_id = match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => read_log_id,
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                return Err(GroupError::NotLeader {
-                    partition: self.partition,
-                    leader: forward.leader_id,
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => return Err(GroupError::Timeout),
-            Err(RaftError::Fatal(_)) => return Err(GroupError::Stopped),
-        };
-        let index = read_log_id.map(|log_id| log_id.index).unwrap_or(0).max(last_log_index);
-        self.raft
-            .wait(Some(PARTITION_REQUEST_TIMEOUT))
-            .applied_index_at_least(Some(index), "partition read")
+        let index = self.confirm_leadership().await?.max(last_log_index);
+        self.wait_applied(index, Instant::now() + PARTITION_REQUEST_TIMEOUT)
             .await
-            .map(|_| ())
-            .map_err(|error| match error {
-                openraft::metrics::WaitError::Timeout(..) => GroupError::Timeout,
-                openraft::metrics::WaitError::ShuttingDown => GroupError::Stopped,
-            })
     }
 
     async fn forward(
@@ -311,6 +452,7 @@ impl PartitionGroup {
         let forwarded = ForwardedRequest {
             epoch,
             request: request.clone(),
+            read: ReadMode::Linearizable,
         };
         let payload = codec::encode(&forwarded).map_err(|error| GroupError::Internal(error.to_string()))?;
         let mut client = self.pool.client(&address);
@@ -336,8 +478,9 @@ impl PartitionGroup {
             Ok(Err(_)) => return Err(GroupError::Timeout),
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        codec::decode::<Result<PartitionResponse, GroupError>>(&reply.payload)
+        codec::decode::<Result<ReadAnswer, GroupError>>(&reply.payload)
             .map_err(|error| GroupError::Internal(error.to_string()))?
+            .map(|answer| answer.response)
     }
 
     fn write_error(&self, error: RaftError<u64, ClientWriteError<u64, ReplicaNode>>) -> GroupError {

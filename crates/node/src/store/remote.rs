@@ -27,11 +27,13 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use zongheng_algo::PartitionId;
 use zongheng_proto::store::store_client::StoreClient;
-use zongheng_proto::store::{DrainRequest, PartitionCall, ShardMapReply, ShardMapRequest, TimestampRequest};
+use zongheng_proto::store::{
+    DrainRequest, PartitionCall, ReadMode as ProtoReadMode, ShardMapReply, ShardMapRequest, TimestampRequest,
+};
 
 use super::app::PartitionError;
 use super::client::{PartitionTransport, StoreError};
-use super::group::GroupError;
+use super::group::{GroupError, ReadMode};
 use super::request::{PartitionRequest, PartitionResponse};
 use super::timestamp::Timestamp;
 use crate::raft::codec;
@@ -57,11 +59,13 @@ const STALE_EPOCH_RETRIES_MAX: usize = 3;
 /// Opens a channel to a node's client URL (as the shard map lists it).
 pub type Dialer = Arc<dyn Fn(&str) -> Option<Channel> + Send + Sync>;
 
-/// The cached routes: per partition its epoch and its leader's channel.
+/// The cached routes: per partition its epoch, its leader's channel and
+/// its replicas' channels (for follower and stale reads).
 #[derive(Default)]
 struct Routes {
     epochs: Vec<u64>,
     leaders: Vec<Option<StoreClient<Channel>>>,
+    replicas: Vec<Vec<StoreClient<Channel>>>,
     refreshed: Option<Instant>,
 }
 
@@ -72,6 +76,8 @@ pub struct RemoteStore {
     next: AtomicUsize,
     dialer: Option<Dialer>,
     routes: Mutex<Routes>,
+    /// Spreads follower and stale reads over a partition's replicas.
+    next_replica: AtomicUsize,
 }
 
 fn store_client(channel: Channel) -> StoreClient<Channel> {
@@ -98,6 +104,7 @@ impl RemoteStore {
             next: AtomicUsize::new(0),
             dialer,
             routes: Mutex::new(Routes::default()),
+            next_replica: AtomicUsize::new(0),
         };
         let deadline = Instant::now() + STORE_CONNECT_TIMEOUT;
         let map = loop {
@@ -184,29 +191,34 @@ impl RemoteStore {
         routes.epochs = map.partition_infos.iter().map(|info| info.epoch).collect();
         let Some(dialer) = &self.dialer else {
             routes.leaders = vec![None; routes.epochs.len()];
+            routes.replicas = vec![Vec::new(); routes.epochs.len()];
             return;
         };
         let mut channels: std::collections::BTreeMap<u64, Option<StoreClient<Channel>>> = Default::default();
-        routes.leaders = map
-            .partition_infos
-            .iter()
-            .map(|info| {
-                if info.leader_id == 0 {
-                    return None;
-                }
-                channels
-                    .entry(info.leader_id)
-                    .or_insert_with(|| {
-                        map.nodes
-                            .iter()
-                            .find(|node| node.id == info.leader_id)
-                            .and_then(|node| node.client_urls.first())
-                            .and_then(|url| dialer(url))
-                            .map(store_client)
-                    })
-                    .clone()
-            })
-            .collect();
+        let mut channel_of = |node: u64| {
+            channels
+                .entry(node)
+                .or_insert_with(|| {
+                    map.nodes
+                        .iter()
+                        .find(|info| info.id == node)
+                        .and_then(|info| info.client_urls.first())
+                        .and_then(|url| dialer(url))
+                        .map(store_client)
+                })
+                .clone()
+        };
+        let (mut leaders, mut replicas) = (Vec::new(), Vec::new());
+        for info in &map.partition_infos {
+            leaders.push(if info.leader_id == 0 {
+                None
+            } else {
+                channel_of(info.leader_id)
+            });
+            replicas.push(info.replica_ids.iter().filter_map(|node| channel_of(*node)).collect());
+        }
+        routes.leaders = leaders;
+        routes.replicas = replicas;
     }
 
     /// Fetch the map again, unless that was done a moment ago.
@@ -257,6 +269,7 @@ impl RemoteStore {
 
     /// One attempt at `partition` through `client`; `direct` says whether
     /// `client` is the cached leader route rather than an endpoint.
+    #[allow(clippy::too_many_arguments)]
     async fn call_once(
         &self,
         mut client: StoreClient<Channel>,
@@ -264,11 +277,19 @@ impl RemoteStore {
         partition: PartitionId,
         epoch: u64,
         payload: Vec<u8>,
+        mode: ReadMode,
     ) -> Result<PartitionResponse, StoreError> {
+        let (read_mode, max_staleness_ms) = match mode {
+            ReadMode::Linearizable => (ProtoReadMode::Linearizable, 0),
+            ReadMode::Follower => (ProtoReadMode::Follower, 0),
+            ReadMode::Stale { max_staleness_ms } => (ProtoReadMode::Stale, max_staleness_ms),
+        };
         let mut message = tonic::Request::new(PartitionCall {
             partition,
             epoch,
             request: payload,
+            read_mode: read_mode as i32,
+            max_staleness_ms,
         });
         message.set_timeout(STORE_CALL_TIMEOUT);
         // A failed endpoint is left for the next; a failed direct route is forgotten.
@@ -313,7 +334,10 @@ impl RemoteStore {
             GroupError::Partition(PartitionError::Txn(error)) => StoreError::Txn(error),
             GroupError::Partition(error) => StoreError::Partition(error),
             GroupError::Timeout => StoreError::Unknown(error.to_string()),
-            GroupError::NoLeader(_) | GroupError::NotLeader { .. } | GroupError::Stopped => {
+            GroupError::NoLeader(_)
+            | GroupError::NotLeader { .. }
+            | GroupError::Stopped
+            | GroupError::TooStale { .. } => {
                 moved_on();
                 StoreError::Unavailable(error.to_string())
             }
@@ -364,7 +388,16 @@ impl PartitionTransport for RemoteStore {
             let (epoch, leader) = self.route(partition);
             let direct = leader.is_some();
             let client = leader.unwrap_or_else(|| self.client());
-            let result = self.call_once(client, direct, partition, epoch, payload.clone()).await;
+            let result = self
+                .call_once(
+                    client,
+                    direct,
+                    partition,
+                    epoch,
+                    payload.clone(),
+                    ReadMode::Linearizable,
+                )
+                .await;
             match result {
                 // Refused, so not applied: learn the new epoch and resend.
                 Err(StoreError::Partition(PartitionError::StaleEpoch { .. }))
@@ -379,7 +412,9 @@ impl PartitionTransport for RemoteStore {
                     // while the map catches up with the new leader.
                     self.refresh().await;
                     let (epoch, _) = self.route(partition);
-                    return self.call_once(self.client(), false, partition, epoch, payload).await;
+                    return self
+                        .call_once(self.client(), false, partition, epoch, payload, ReadMode::Linearizable)
+                        .await;
                 }
                 other => {
                     if other.is_err() && !direct && self.dialer.is_some() {
@@ -389,5 +424,44 @@ impl PartitionTransport for RemoteStore {
                 }
             }
         }
+    }
+
+    async fn read(
+        &self,
+        partition: PartitionId,
+        request: PartitionRequest,
+        mode: ReadMode,
+    ) -> Result<PartitionResponse, StoreError> {
+        if mode == ReadMode::Linearizable {
+            return self.call(partition, request).await;
+        }
+        let payload = codec::encode(&request).map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let (epoch, replica) = {
+            let routes = self.routes.lock().expect("routes lock poisoned");
+            let index = partition as usize;
+            let replicas = routes.replicas.get(index).filter(|replicas| !replicas.is_empty());
+            (
+                routes.epochs.get(index).copied().unwrap_or(0),
+                replicas.map(|replicas| {
+                    replicas[self.next_replica.fetch_add(1, Ordering::Relaxed) % replicas.len()].clone()
+                }),
+            )
+        };
+        if let Some(replica) = replica {
+            // Straight to a replica; if it cannot serve (cut off from its
+            // leader, too stale, moved away), let a node route it.
+            match self
+                .call_once(replica, false, partition, epoch, payload.clone(), mode)
+                .await
+            {
+                Err(StoreError::Unavailable(_)) | Err(StoreError::Partition(PartitionError::StaleEpoch { .. })) => {
+                    self.refresh().await;
+                }
+                other => return other,
+            }
+        }
+        let (epoch, _) = self.route(partition);
+        self.call_once(self.client(), false, partition, epoch, payload, mode)
+            .await
     }
 }
