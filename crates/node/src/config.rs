@@ -36,6 +36,9 @@ pub struct NodeArgs {
     /// URL to serve peers on (Raft and forwarding).
     #[arg(long, env = "ZONGHENG_LISTEN_PEER_URLS")]
     pub listen_peer_urls: Option<String>,
+    /// URL to serve the data store's HTTP/JSON API on (none by default).
+    #[arg(long, env = "ZONGHENG_LISTEN_HTTP_URL")]
+    pub listen_http_url: Option<String>,
     /// Client URL to advertise to the cluster (defaults to --listen-client-urls).
     #[arg(long, env = "ZONGHENG_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
@@ -150,6 +153,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub listen_client: SocketAddr,
     pub listen_peer: SocketAddr,
+    /// Where the HTTP/JSON API listens, if anywhere.
+    pub listen_http: Option<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub advertise_peer_urls: Vec<String>,
     /// name -> peer URLs, in name order.
@@ -256,6 +261,7 @@ impl NodeArgs {
             data_dir: self.data_dir.or(lower.data_dir),
             listen_client_urls: self.listen_client_urls.or(lower.listen_client_urls),
             listen_peer_urls: self.listen_peer_urls.or(lower.listen_peer_urls),
+            listen_http_url: self.listen_http_url.or(lower.listen_http_url),
             advertise_client_urls: self.advertise_client_urls.or(lower.advertise_client_urls),
             initial_advertise_peer_urls: self.initial_advertise_peer_urls.or(lower.initial_advertise_peer_urls),
             initial_cluster: self.initial_cluster.or(lower.initial_cluster),
@@ -317,6 +323,10 @@ impl NodeConfig {
             .unwrap_or_else(|| "http://127.0.0.1:2380".to_string());
         let (client_url, listen_client) = parse_url("listen-client-urls", &listen_client_urls)?;
         let (peer_url, listen_peer) = parse_url("listen-peer-urls", &listen_peer_urls)?;
+        let listen_http = match &args.listen_http_url {
+            Some(url) => Some(parse_url("listen-http-url", url)?.1),
+            None => None,
+        };
         let advertise_client_urls = match args.advertise_client_urls {
             Some(urls) => split_urls(&urls),
             None => vec![client_url],
@@ -408,6 +418,7 @@ impl NodeConfig {
             data_dir,
             listen_client,
             listen_peer,
+            listen_http,
             advertise_client_urls,
             advertise_peer_urls,
             initial_cluster,

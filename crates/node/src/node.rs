@@ -428,13 +428,32 @@ pub async fn start(
     let watch_service = WatchService::new(meta.clone(), shutdown_signal.clone(), config.limits.max_request_bytes);
     let lock_service = LockService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
     let election_service = ElectionService::new(meta.clone(), shutdown_signal.clone(), config.limits.clone());
-    let store_service = crate::server::store::StoreService::new(
+    let store_service = Arc::new(crate::server::store::StoreService::new(
         meta.clone(),
         store.clone(),
         store_record.partitions,
         pool.clone(),
         commit.clone(),
-    );
+    ));
+    let http_address = match config.listen_http {
+        Some(address) => {
+            let (bound, listener) = transport
+                .listen(address)
+                .await
+                .map_err(|source| NodeError::Listen { address, source })?;
+            let listener = crate::net::transport::limit_connections(listener, CLIENT_CONNECTIONS_MAX, "http listener");
+            let router = crate::server::http::router(store_service.clone());
+            let mut signal = shutdown_signal.clone();
+            tasks.push(tokio::spawn(async move {
+                crate::net::serve::serve_http1(router, listener, async move {
+                    let _ = signal.wait_for(|stop| *stop).await;
+                })
+                .await;
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let routes = tonic::service::Routes::new(
@@ -452,7 +471,7 @@ pub async fn start(
         )
         .add_service(LockServer::new(lock_service).max_decoding_message_size(max_message))
         .add_service(
-            zongheng_proto::store::store_server::StoreServer::new(store_service)
+            zongheng_proto::store::store_server::StoreServer::from_arc(store_service)
                 .max_decoding_message_size(crate::server::store::PARTITION_CALL_BYTES_MAX + GRPC_OVERHEAD_BYTES)
                 .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
         )
@@ -492,7 +511,7 @@ pub async fn start(
         removed_sender,
         shutdown_signal,
     )));
-    tracing::info!(name = config.name, node_id = format!("{:x}", identity.node_id), %client_address, %peer_address, "node started");
+    tracing::info!(name = config.name, node_id = format!("{:x}", identity.node_id), %client_address, %peer_address, http_address = ?http_address, "node started");
     Ok(NodeHandle {
         node_id: identity.node_id,
         client_address,

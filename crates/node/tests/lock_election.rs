@@ -84,6 +84,7 @@ impl Cluster {
                 data_dir: PathBuf::from(format!("/in-memory/{name}")),
                 listen_client: format!("127.0.0.1:{client}").parse().unwrap(),
                 listen_peer: format!("127.0.0.1:{peer}").parse().unwrap(),
+                listen_http: None,
                 advertise_client_urls: vec![format!("http://127.0.0.1:{client}")],
                 advertise_peer_urls: vec![format!("http://127.0.0.1:{peer}")],
                 initial_cluster: Clone::clone(&initial_cluster),

@@ -8,6 +8,8 @@
 //! - every key written before the growth and during the moves is readable;
 //! - a killed node's replicas are re-created on the others once it has been
 //!   silent for the dead-after threshold (it ends with none);
+//! - a write routed with the epoch a partition had before it moved is refused
+//!   with `ZH_STORE_STALE_EPOCH` and leaves nothing behind;
 //! - `zongheng node drain NAME --wait` returns once the node holds no
 //!   replica, and the data is all still there.
 //!
@@ -173,6 +175,26 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
     assert_eq!(count(&endpoints, "before/"), KEYS_PER_PHASE);
     assert_eq!(count(&endpoints, "during/"), KEYS_PER_PHASE);
 
+    // A write routed with an epoch from before the moves is refused with a
+    // clear error and changes nothing.
+    let moved = grown["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|partition| partition["epoch"].as_u64().unwrap() > 1)
+        .expect("a partition moved");
+    let moved_id = moved["id"].as_u64().unwrap() as u32;
+    let key = (0..)
+        .map(|index| format!("stale/{index}"))
+        .find(|key| zongheng_algo::partition_of(key.as_bytes(), PARTITIONS as u32) == moved_id)
+        .unwrap();
+    let refused = stale_epoch_prewrite(&endpoints[0], moved_id, &key);
+    assert!(refused.contains("ZH_STORE_STALE_EPOCH"), "{refused}");
+    let missing = zongheng(&endpoints, &["store", "get", &key]);
+    assert_eq!(missing.status.code(), Some(1), "the refused write left nothing");
+    eventually_ok(&endpoints, &["store", "put", &key, "fresh"]);
+    assert_eq!(eventually_ok(&endpoints, &["store", "get", &key]), "fresh\n");
+
     // A node dead for longer than the threshold: its replicas move away.
     let killed = cluster.member(fourth).name.clone();
     cluster.kill9(fourth);
@@ -212,4 +234,54 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
+}
+
+/// Send a prewrite of `key` to `partition` routed with epoch 1 (the epoch
+/// every partition was created with), straight over the store's gRPC API;
+/// returns the partition's error code (or what went wrong).
+fn stale_epoch_prewrite(endpoint: &str, partition: u32, key: &str) -> String {
+    use zongheng::store::group::GroupError;
+    use zongheng::store::request::{PartitionRequest, PartitionResponse};
+    use zongheng::store::timestamp::Timestamp;
+    use zongheng::store::txn::Mutation;
+    use zongheng_proto::store::store_client::StoreClient;
+    use zongheng_proto::store::{PartitionCall, TimestampRequest};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = StoreClient::connect(endpoint.to_string()).await.expect("connect");
+        let start_ts = client
+            .timestamp(TimestampRequest { count: 1 })
+            .await
+            .expect("a timestamp")
+            .into_inner()
+            .first;
+        let request = PartitionRequest::Prewrite {
+            mutations: vec![Mutation::Put {
+                key: key.as_bytes().to_vec(),
+                value: b"stale".to_vec(),
+            }],
+            primary: key.as_bytes().to_vec(),
+            start_ts: Timestamp(start_ts),
+            ttl_ms: 3_000,
+        };
+        let reply = client
+            .partition(PartitionCall {
+                partition,
+                epoch: 1,
+                request: zongheng::raft::codec::encode(&request).unwrap(),
+                ..Default::default()
+            })
+            .await
+            .expect("the call is carried")
+            .into_inner();
+        let result: Result<PartitionResponse, GroupError> = zongheng::raft::codec::decode(&reply.result).unwrap();
+        match result {
+            Err(GroupError::Partition(error)) => format!("{}: {error}", error.code()),
+            other => format!("not refused: {other:?}"),
+        }
+    })
 }

@@ -473,6 +473,7 @@ fn node_config(options: &SimOptions, hosts: &[String], name: &str) -> NodeConfig
         data_dir: PathBuf::from(format!("/simulated/{name}")),
         listen_client: SocketAddr::new(any, CLIENT_PORT),
         listen_peer: SocketAddr::new(any, PEER_PORT),
+        listen_http: None,
         advertise_client_urls: vec![format!("http://{name}:{CLIENT_PORT}")],
         advertise_peer_urls: vec![format!("http://{name}:{PEER_PORT}")],
         initial_cluster: hosts

@@ -52,7 +52,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > DEV_NODES_MAX {
         bail!("--nodes must be between 1 and {DEV_NODES_MAX}");
     }
-    let last_port = u32::from(args.base_port) + 10 * (args.nodes as u32 - 1) + 1;
+    let last_port = u32::from(args.base_port) + 10 * (args.nodes as u32 - 1) + 2;
     if last_port > u32::from(u16::MAX) {
         bail!("--base-port {} leaves no room for {} nodes", args.base_port, args.nodes);
     }
@@ -99,6 +99,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "zongheng-dev"])
             .args(["--store-partitions", &args.store_partitions.to_string()])
+            .args(["--listen-http-url", &format!("http://127.0.0.1:{}", port(index, 2))])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -127,9 +128,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     for node in &nodes {
         println!(
-            "  {}  client http://{}  log {}",
+            "  {}  client http://{}  http/json http://127.0.0.1:{}  log {}",
             node.name,
             node.client,
+            node.client
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .unwrap_or(0)
+                + 2,
             node.log.display()
         );
     }
@@ -150,6 +156,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  {zongheng} store put user/1 alice --endpoints {endpoints}");
         println!("  {zongheng} store scan user/ --endpoints {endpoints}");
         println!("  {zongheng} store status --endpoints {endpoints}");
+        println!(
+            "  curl -X PUT --data alice http://127.0.0.1:{}/v1/store/keys/user/1",
+            port(0, 2)
+        );
     }
     println!("  ETCDCTL_API=3 etcdctl --endpoints {endpoints} put foo bar");
     println!("  ETCDCTL_API=3 etcdctl --endpoints {endpoints} endpoint status -w table");

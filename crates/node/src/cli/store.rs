@@ -139,7 +139,7 @@ pub(crate) async fn connect(options: &ClientOptions) -> anyhow::Result<RemoteSto
 }
 
 /// The first key after every key with `prefix` (empty: no end).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -170,6 +170,51 @@ struct NodeJson {
     draining: bool,
     replicas: u32,
     leaders: u32,
+}
+
+/// The shard map's partitions and nodes as `store status --json` (and the
+/// HTTP API) print them.
+fn status_parts(map: zongheng_proto::store::ShardMapReply) -> (Vec<PartitionJson>, Vec<NodeJson>) {
+    let names: std::collections::BTreeMap<u64, String> =
+        map.nodes.iter().map(|node| (node.id, node.name.clone())).collect();
+    let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("{id:x}"));
+    let partitions = map
+        .partition_infos
+        .into_iter()
+        .map(|info| PartitionJson {
+            id: info.id,
+            replicas: info.replicas,
+            leader: info.leader,
+            epoch: info.epoch,
+            moving: (info.moving_add != 0 || info.moving_remove != 0).then(|| {
+                serde_json::json!({
+                    "add": (info.moving_add != 0).then(|| name(info.moving_add)),
+                    "remove": (info.moving_remove != 0).then(|| name(info.moving_remove)),
+                })
+            }),
+        })
+        .collect();
+    let nodes = map
+        .nodes
+        .iter()
+        .map(|node| NodeJson {
+            id: format!("{:x}", node.id),
+            name: node.name.clone(),
+            weight: node.weight,
+            zone: (!node.zone.is_empty()).then(|| node.zone.clone()),
+            draining: node.draining,
+            replicas: node.replicas,
+            leaders: node.leaders,
+        })
+        .collect();
+    (partitions, nodes)
+}
+
+/// `store status --json`'s object.
+pub(crate) fn shard_map_json(map: zongheng_proto::store::ShardMapReply) -> serde_json::Value {
+    let replication = map.replication;
+    let (partitions, nodes) = status_parts(map);
+    serde_json::json!({"partitions": partitions, "nodes": nodes, "replication": replication})
 }
 
 /// `zongheng node drain|undrain NAME`.
@@ -381,46 +426,17 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         }
         StoreCommand::Status => {
             let map = store.shard_map().await?;
-            let names: std::collections::BTreeMap<u64, String> =
-                map.nodes.iter().map(|node| (node.id, node.name.clone())).collect();
-            let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("{id:x}"));
-            let partitions: Vec<PartitionJson> = map
-                .partition_infos
-                .into_iter()
-                .map(|info| PartitionJson {
-                    id: info.id,
-                    replicas: info.replicas,
-                    leader: info.leader,
-                    epoch: info.epoch,
-                    moving: (info.moving_add != 0 || info.moving_remove != 0).then(|| {
-                        serde_json::json!({
-                            "add": (info.moving_add != 0).then(|| name(info.moving_add)),
-                            "remove": (info.moving_remove != 0).then(|| name(info.moving_remove)),
-                        })
-                    }),
-                })
-                .collect();
-            let nodes: Vec<NodeJson> = map
-                .nodes
-                .iter()
-                .map(|node| NodeJson {
-                    id: format!("{:x}", node.id),
-                    name: node.name.clone(),
-                    weight: node.weight,
-                    zone: (!node.zone.is_empty()).then(|| node.zone.clone()),
-                    draining: node.draining,
-                    replicas: node.replicas,
-                    leaders: node.leaders,
-                })
-                .collect();
+            let replication = map.replication;
+            let partitions_count = map.partitions;
+            let (partitions, nodes) = status_parts(map);
             if json {
                 print_output(&json_line(&serde_json::json!({
                     "partitions": partitions,
                     "nodes": nodes,
-                    "replication": map.replication,
+                    "replication": replication,
                 })))?;
             } else {
-                let mut out = format!("{} partitions, {} replicas each\n", map.partitions, map.replication);
+                let mut out = format!("{partitions_count} partitions, {replication} replicas each\n");
                 for partition in &partitions {
                     out += &format!(
                         "partition {:>4}  epoch {:<3} leader {:<12} replicas {}{}\n",

@@ -99,3 +99,51 @@ pub async fn serve(
     let _ = stop_sender.send(true);
     stop_sender.closed().await;
 }
+
+/// Serve `router` over HTTP/1.1 on every connection `incoming` yields until
+/// `shutdown` completes; then stop accepting and let open connections
+/// finish their request. For the HTTP/JSON API (`server::http`); no `date`
+/// header, for the same reason as above.
+pub async fn serve_http1(router: axum::Router, incoming: Listener, shutdown: impl Future<Output = ()>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).auto_date_header(false);
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    {
+        let mut incoming = incoming;
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let connection = tokio::select! {
+                _ = &mut shutdown => break,
+                next = incoming.next() => match next {
+                    Some(Ok(connection)) => connection,
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "accepting an HTTP connection failed");
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let service = TowerToHyperService::new(router.clone());
+            let served = builder.serve_connection(TokioIo::new(connection), service);
+            let mut stop = stop_receiver.clone();
+            tokio::spawn(async move {
+                let mut served = pin!(served);
+                tokio::select! {
+                    result = served.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "serving an HTTP connection failed");
+                        }
+                        return;
+                    }
+                    _ = stop.wait_for(|stop| *stop) => served.as_mut().graceful_shutdown(),
+                }
+                if let Err(error) = served.await {
+                    tracing::debug!(%error, "serving an HTTP connection failed during shutdown");
+                }
+            });
+        }
+    }
+    drop(stop_receiver);
+    let _ = stop_sender.send(true);
+    stop_sender.closed().await;
+}

@@ -1,8 +1,10 @@
-//! The node's gRPC services: the etcd v3 API for clients ([`etcd`]) and the
-//! peer service between nodes ([`peer`]), on separate listeners.
+//! The node's services: the etcd v3 API and the data store's API for
+//! clients ([`etcd`], [`store`]), the peer service between nodes ([`peer`]),
+//! and the data store's HTTP/JSON API ([`http`]), on separate listeners.
 
 pub mod election;
 pub mod etcd;
+pub mod http;
 pub mod lease;
 pub mod lock;
 pub mod peer;

@@ -75,7 +75,7 @@ impl StoreService {
     /// without a map confirms with the `meta` leader first (it may be a
     /// member that joined and is still catching up), so "no data store" is
     /// only said of a cluster that has none.
-    async fn shard_map(&self) -> Result<ShardMap, Status> {
+    pub(crate) async fn shard_map(&self) -> Result<ShardMap, Status> {
         let map = self.meta.read(|app| app.shard_map.clone());
         if map.is_created() {
             return Ok(map);
@@ -108,7 +108,7 @@ impl StoreService {
     /// Serve `request` on the partition: its leader for writes and
     /// linearizable reads; for follower and stale reads this node's replica
     /// or another one (the others first, to spread reads).
-    async fn route(
+    pub(crate) async fn route(
         &self,
         partition: PartitionId,
         epoch: u64,
@@ -358,5 +358,69 @@ pub fn shard_map_reply(map: &ShardMap, meta: &MetaGroup) -> ShardMapReply {
         partition_infos,
         nodes,
         replication: map.replication,
+    }
+}
+
+impl StoreService {
+    /// The shard map as `zongheng store status --json` prints it.
+    pub(crate) async fn shard_map_json(&self) -> Result<serde_json::Value, Status> {
+        let map = self.shard_map().await?;
+        Ok(crate::cli::store::shard_map_json(shard_map_reply(&map, &self.meta)))
+    }
+}
+
+/// The data store as seen from inside a node: the [`PartitionTransport`] the
+/// HTTP/JSON API (`server::http`) runs transactions over, with no gRPC hop
+/// (timestamps from `meta`, partition requests routed as for a gRPC call).
+pub struct LocalStore {
+    service: Arc<StoreService>,
+    partitions: u32,
+}
+
+impl LocalStore {
+    /// `None` while the node knows no shard map (no store, or not created yet).
+    pub async fn new(service: Arc<StoreService>) -> Result<Self, Status> {
+        let partitions = service.shard_map().await?.partitions;
+        Ok(Self { service, partitions })
+    }
+
+    pub fn service(&self) -> &StoreService {
+        &self.service
+    }
+}
+
+impl crate::store::client::PartitionTransport for LocalStore {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn timestamp(&self) -> Result<crate::store::timestamp::Timestamp, crate::store::client::StoreError> {
+        self.service
+            .meta
+            .timestamps(1)
+            .await
+            .map(|(first, _)| first)
+            .map_err(|error| crate::store::client::StoreError::Unavailable(format!("timestamp: {error}")))
+    }
+
+    async fn call(
+        &self,
+        partition: PartitionId,
+        request: PartitionRequest,
+    ) -> Result<crate::store::request::PartitionResponse, crate::store::client::StoreError> {
+        self.read(partition, request, ReadMode::Linearizable).await
+    }
+
+    async fn read(
+        &self,
+        partition: PartitionId,
+        request: PartitionRequest,
+        mode: ReadMode,
+    ) -> Result<crate::store::request::PartitionResponse, crate::store::client::StoreError> {
+        self.service
+            .route(partition, 0, request, mode)
+            .await
+            .map(|answer| answer.response)
+            .map_err(crate::store::client::StoreError::from_group)
     }
 }

@@ -110,6 +110,21 @@ impl StoreError {
         }
     }
 
+    /// How a partition's refusal reads to a client (see `store::remote`
+    /// for what each means for a retry).
+    pub fn from_group(error: super::group::GroupError) -> StoreError {
+        use super::group::GroupError;
+        match error {
+            GroupError::Partition(super::app::PartitionError::Txn(error)) => StoreError::Txn(error),
+            GroupError::Partition(error) => StoreError::Partition(error),
+            GroupError::Timeout | GroupError::Internal(_) => StoreError::Unknown(error.to_string()),
+            GroupError::NoLeader(_)
+            | GroupError::NotLeader { .. }
+            | GroupError::Stopped
+            | GroupError::TooStale { .. } => StoreError::Unavailable(error.to_string()),
+        }
+    }
+
     fn in_transit(&self) -> bool {
         matches!(self, StoreError::Unavailable(_) | StoreError::Unknown(_))
     }
