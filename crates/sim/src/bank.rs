@@ -161,6 +161,10 @@ const REGISTER_OPERATIONS_MAX: usize = 400;
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pause between two looks at a converging store.
 const CONVERGENCE_POLL: Duration = Duration::from_millis(500);
+/// Audits failing in a row after which the partitions' states are traced.
+const AUDIT_FAILURES_TRACED: u32 = 10;
+/// Attempts (100 ms apart) at one final check of an acknowledged commit.
+const FINAL_CHECK_ATTEMPTS_MAX: u32 = 1_200;
 /// The turmoil host of the nemesis.
 const NEMESIS_HOST: &str = "bank-nemesis";
 
@@ -503,6 +507,13 @@ async fn converge(nemesis: &Nemesis, trace: &Trace) -> Result<u64, String> {
             }
         };
         if turmoil::sim_elapsed().unwrap_or_default() >= deadline {
+            if let Some(map) = nemesis.shard_map() {
+                for partition in 0..map.partitions {
+                    for state in nemesis.partition_states(partition) {
+                        trace.record(format!("partition {partition}: {state}"));
+                    }
+                }
+            }
             return Err(format!(
                 "the store did not converge within {} s after healing: {last_problem}",
                 CONVERGENCE_TIMEOUT.as_secs()
@@ -540,6 +551,7 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
     // Setup and audits, then the final checks of balances and commits.
     {
         let (names, shared, options, trace) = (names.clone(), shared.clone(), options.clone(), trace.clone());
+        let auditor_nemesis = cluster.nemesis();
         sim.client("bank-auditor", async move {
             let store = connect(&names).await?;
             loop {
@@ -563,6 +575,7 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
             }
             let _ = setup_done.send(true);
             let mut rng = StdRng::seed_from_u64(options.seed ^ 0xa0d1);
+            let mut failed_audits = 0u32;
             loop {
                 let (finished, committed_before) = {
                     let shared = shared.lock().unwrap();
@@ -576,6 +589,7 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                 };
                 match audit(&store, options.accounts, read_mode).await {
                     Ok((start_ts, balances)) => {
+                        failed_audits = 0;
                         check_balances(&balances, &options, "an audit")?;
                         // Timestamps follow real time: a snapshot taken after a
                         // commit was acknowledged must include it.
@@ -592,7 +606,17 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                             break;
                         }
                     }
-                    Err(error) if error.retryable() || matches!(error, StoreError::Unknown(_)) => {}
+                    Err(error) if error.retryable() || matches!(error, StoreError::Unknown(_)) => {
+                        failed_audits += 1;
+                        if failed_audits == AUDIT_FAILURES_TRACED {
+                            trace.record(format!("{failed_audits} audits failed in a row; the last: {error}"));
+                            for partition in 0..options.partitions {
+                                for state in auditor_nemesis.partition_states(partition) {
+                                    trace.record(format!("partition {partition}: {state}"));
+                                }
+                            }
+                        }
+                    }
                     Err(error) => return Err(format!("an audit failed for good: {error}").into()),
                 }
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(50..500))).await;
@@ -606,11 +630,24 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
                     start_ts,
                     current_ts: Timestamp::MAX,
                 };
+                let mut attempts = 0u32;
                 let status = loop {
                     match store.call(partition, check.clone()).await {
                         Ok(PartitionResponse::Status(status)) => break status,
                         Ok(other) => return Err(format!("unexpected answer {other:?}").into()),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(error) => {
+                            attempts += 1;
+                            if attempts == FINAL_CHECK_ATTEMPTS_MAX {
+                                for state in auditor_nemesis.partition_states(partition) {
+                                    trace.record(format!("partition {partition}: {state}"));
+                                }
+                                return Err(format!(
+                                    "partition {partition} did not answer the final checks after healing: {error}"
+                                )
+                                .into());
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
                     }
                 };
                 if status != (TxnStatus::Committed { commit_ts }) {

@@ -427,6 +427,34 @@ impl Nemesis {
             .collect()
     }
 
+    /// How each running replica of `partition` sees its group (for traces of
+    /// failing runs): host, replica id, Raft state, term, leader, last log
+    /// index, applied index, and the voters and learners it knows.
+    pub fn partition_states(&self, partition: u32) -> Vec<String> {
+        let slots = lock(&self.slots);
+        slots
+            .iter()
+            .filter_map(|(host, slot)| {
+                let group = slot.store.as_ref()?.get(partition)?;
+                let metrics = group.raft.metrics();
+                let metrics = metrics.borrow();
+                let membership = metrics.membership_config.membership();
+                Some(format!(
+                    "{host} {:x} {:?} term {} leader {:x?} log {:?} applied {:?} voters {:x?} learners {:x?} joint {}",
+                    group.replica_id,
+                    metrics.state,
+                    metrics.current_term,
+                    metrics.current_leader,
+                    metrics.last_log_index,
+                    metrics.last_applied.as_ref().map(|log_id| log_id.index),
+                    membership.voter_ids().collect::<Vec<_>>(),
+                    membership.learner_ids().collect::<Vec<_>>(),
+                    membership.get_joint_config().len() > 1,
+                ))
+            })
+            .collect()
+    }
+
     /// The state digests of the running nodes, all taken at this instant.
     pub fn digests(&self) -> Vec<StateDigest> {
         let slots = lock(&self.slots);

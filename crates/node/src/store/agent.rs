@@ -17,17 +17,22 @@
 //!    recorded next to it (`Key::Local` `store/replica/P`), written before
 //!    the replica first starts: a new replica never starts on an older
 //!    replica's data, which must be deleted first (step 4).
-//! 3. **Close** a replica the map no longer wants (its partition reported a
+//! 3. **Retire** a replica the map no longer wants (its partition reported a
 //!    committed membership without this node, or a move here was
-//!    cancelled). Closing only stops the replica; its data stays.
-//! 4. **Delete** a closed replica's data only when the partition's leader,
-//!    after confirming its leadership with a quorum, answers that this node
-//!    is in neither its committed nor its pending membership
-//!    (`Peer.ReplicaStatus`). The map can lag the group, and a node whose
-//!    view lags the map could otherwise erase a voter's log, which Raft
-//!    never allows (a wiped voter can help commit an entry twice). Data on
-//!    disk for partitions the map does not want here, or for an older
-//!    replica than the one it wants, goes through the same check.
+//!    cancelled): it keeps running until the partition's leader, after
+//!    confirming its leadership with a quorum, answers that the replica is
+//!    in neither its committed nor its pending membership
+//!    (`Peer.ReplicaStatus`); then it stops and its data is deleted.
+//!    The map can lag the group, and a node whose view lags the map could
+//!    otherwise erase a voter's log, which Raft never allows (a wiped voter
+//!    can help commit an entry twice). It keeps running meanwhile because a
+//!    membership change that was proposed but not committed may still need
+//!    its vote: a candidate in a joint configuration needs a majority of
+//!    both halves (the bank campaign found a partition stalled for good by
+//!    a replica stopped too early, seed 283). Data on disk for partitions
+//!    the map does not want here, or for an older replica than the one it
+//!    wants, goes through the same steps, running after a restart.
+//! 4. (Deletion is step 3's end: one synced batch over the group's keys.)
 //! 5. **Lead**: for every partition this node leads, report the leadership
 //!    ([`ShardMapCommand::ReportLeader`]); report the committed voter set
 //!    when it differs from the map's ([`ShardMapCommand::ReportReplicas`]);
@@ -147,49 +152,55 @@ impl Agent {
             }
         }
         let wanted = map.wanted_by(context.node_id);
-        // Close replicas the map no longer wants here (or wants as another replica).
-        for group in context.groups.all() {
-            let keep = wanted
-                .get(&group.partition)
-                .is_some_and(|replica| replica.id == group.replica_id);
-            if !keep {
-                tracing::info!(
-                    partition = group.partition,
-                    replica = format!("{:x}", group.replica_id),
-                    "the shard map no longer lists this replica: closing it"
-                );
-                if let Some(group) = context.groups.remove(group.partition) {
-                    if let Err(error) = group.raft.shutdown().await {
-                        tracing::warn!(partition = group.partition, %error, "partition raft did not shut down cleanly");
-                    }
-                }
-            }
-        }
-        // Delete the data of closed replicas their leader confirms are gone.
-        let stale: Vec<(PartitionId, u64)> = self
+        // Retire replicas the map no longer wants here (or wants as another
+        // replica): each keeps running until its group's leader confirms it
+        // is out of the group, then it stops and its data goes. Stopping
+        // earlier could stall the group: a membership change not yet
+        // committed may still count on this replica's vote (a candidate in
+        // a joint configuration needs a majority of both halves), and the
+        // map cannot know about changes that were never committed.
+        let retiring: Vec<(PartitionId, u64)> = self
             .on_disk
             .as_ref()
             .expect("read above")
             .iter()
-            .filter(|(partition, replica)| {
-                context.groups.get(**partition).is_none()
-                    && wanted.get(partition).is_none_or(|wanted| wanted.id != **replica)
-            })
+            .filter(|(partition, replica)| wanted.get(partition).is_none_or(|wanted| wanted.id != **replica))
             .map(|(partition, replica)| (*partition, *replica))
             .collect();
-        for (partition, replica) in stale {
-            if confirmed_removed(&context, partition, replica, &map).await {
-                match purge(&*context.engine, partition) {
-                    Ok(()) => {
-                        tracing::info!(
-                            partition,
-                            replica = format!("{replica:x}"),
-                            "deleted the data of a removed replica"
-                        );
-                        self.on_disk.as_mut().expect("read above").remove(&partition);
+        for (partition, replica) in retiring {
+            if !confirmed_removed(&context, partition, replica, &map).await {
+                if context.groups.get(partition).is_none() {
+                    // Data on disk from before a restart: run it meanwhile.
+                    let owner = Replica {
+                        node: context.node_id,
+                        id: replica,
+                    };
+                    if let Err(error) = self.open(partition, owner, &map, false).await {
+                        tracing::warn!(partition, %error, "opening a retiring partition replica");
                     }
-                    Err(error) => tracing::warn!(partition, %error, "deleting a removed replica's data"),
                 }
+                continue;
+            }
+            if let Some(group) = context.groups.remove(partition) {
+                tracing::info!(
+                    partition,
+                    replica = format!("{replica:x}"),
+                    "the partition's leader confirmed this replica left the group: stopping it"
+                );
+                if let Err(error) = group.raft.shutdown().await {
+                    tracing::warn!(partition, %error, "partition raft did not shut down cleanly");
+                }
+            }
+            match purge(&*context.engine, partition) {
+                Ok(()) => {
+                    tracing::info!(
+                        partition,
+                        replica = format!("{replica:x}"),
+                        "deleted the data of a removed replica"
+                    );
+                    self.on_disk.as_mut().expect("read above").remove(&partition);
+                }
+                Err(error) => tracing::warn!(partition, %error, "deleting a removed replica's data"),
             }
         }
         // Open the wanted replicas whose disk space is free or already theirs.
@@ -557,6 +568,15 @@ async fn reconcile_membership(
     let Some(step) = step else {
         return Ok(());
     };
+    if step
+        .add
+        .is_some_and(|add| voters.iter().any(|id| *id != add.id && node_of(*id) == Some(add.node)))
+    {
+        // The target node already holds a voter (an earlier change landed
+        // after its move was cancelled): a second one would put two votes
+        // on one node. The map drops the move once the voters are reported.
+        return Ok(());
+    }
     let mut target = voters.clone();
     if let Some(remove) = step.remove {
         target.retain(|id| node_of(*id) != Some(remove));

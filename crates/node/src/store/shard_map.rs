@@ -506,7 +506,15 @@ impl ShardMap {
             let removed = step
                 .remove
                 .is_none_or(|node| !reported.iter().any(|replica| replica.node == node));
-            if added && removed {
+            // The target node got a voter by another way (an earlier move
+            // whose change committed after it was cancelled): the move is
+            // moot, and the driver plans again from the new replicas.
+            let moot = step.add.is_some_and(|add| {
+                reported
+                    .iter()
+                    .any(|replica| replica.node == add.node && replica.id != add.id)
+            });
+            if (added && removed) || moot {
                 record.moving = None;
             }
         }
@@ -633,6 +641,32 @@ mod tests {
         .unwrap();
         assert_eq!(map.record(1).unwrap().epoch, CREATION_EPOCH + 1);
         assert_eq!(map.record(1).unwrap().membership_index, 30);
+    }
+
+    #[test]
+    fn a_move_is_dropped_when_its_target_node_got_a_voter_another_way() {
+        let mut map = created();
+        map.apply(&ShardMapCommand::StartMove {
+            partition: 0,
+            epoch: CREATION_EPOCH,
+            intent: MoveIntent {
+                add: Some(4),
+                remove: Some(1),
+            },
+        })
+        .unwrap();
+        // An earlier, cancelled move had added node 4 under another id, and
+        // its change committed after all.
+        let earlier = Replica { node: 4, id: 444 };
+        map.apply(&ShardMapCommand::ReportReplicas {
+            partition: 0,
+            voters: vec![first(2), first(3), earlier],
+            membership_index: 9,
+        })
+        .unwrap();
+        let record = map.record(0).unwrap();
+        assert_eq!(record.moving, None);
+        assert_eq!(record.replica_on(4), Some(earlier));
     }
 
     #[test]
