@@ -101,6 +101,8 @@ pub struct BankOptions {
     /// Every node's store settings (a short dead-after threshold, so
     /// repairs happen within a run).
     pub store: StoreSettings,
+    /// Applied entries between snapshots (low, so snapshots are sent).
+    pub snapshot_count: u64,
 }
 
 impl BankOptions {
@@ -126,6 +128,7 @@ impl BankOptions {
                 moves_max: 2,
                 ..StoreSettings::default()
             },
+            snapshot_count: 40,
         }
     }
 
@@ -532,6 +535,16 @@ pub fn run_bank(options: &BankOptions, trace: &Trace) -> Result<BankReport, Stri
         store: options.store.clone(),
         simulation_duration: options.fault_time + Duration::from_secs(360),
         ..SimOptions::new(options.seed)
+    };
+    // Snapshots every few dozen entries, so replicas added by moves (and
+    // followers back from a crash) catch up by snapshot, not only from the log.
+    let sim_options = SimOptions {
+        raft: zongheng::raft::RaftSettings {
+            snapshot_count: options.snapshot_count,
+            snapshot_catchup_entries: options.snapshot_count / 4,
+            ..sim_options.raft.clone()
+        },
+        ..sim_options
     };
     let mut cluster = SimCluster::new(sim_options);
     let workers: Vec<String> = (0..options.workers).map(|worker| format!("bank-{worker}")).collect();

@@ -317,6 +317,12 @@ where
         applied.app = app;
         applied.last_applied = meta.last_log_id.clone();
         applied.last_membership = meta.last_membership.clone();
+        tracing::info!(
+            group = self.group,
+            snapshot = meta.snapshot_id,
+            bytes = data.len(),
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
