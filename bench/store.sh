@@ -165,9 +165,10 @@ for round in $(seq "$rounds"); do
       jq -c -n --argjson partitions "$partitions" --arg scenario "$name" --argjson round "$round" \
         --arg args "$bench_args --duration $duration" --argjson report "$report" \
         '{partitions: $partitions, scenario: $scenario, round: $round, args: $args, report: $report}' >>"$raw"
-      log "$(printf 'P=%-3s %-13s %9.1f ops/s  p99 %8.3f ms  fsyncs %s  synced writes %s  errors %s' \
+      log "$(printf 'P=%-3s %-13s %9.1f ops/s  p99 %8.3f ms  fsyncs %s  synced writes %s  raft messages %s in %s batches  errors %s' \
         "$partitions" "$name" "$(jq .ops_per_s <<<"$report")" "$(jq .latency_ms.p99 <<<"$report")" \
         "$(jq '.counters.fsyncs // 0' <<<"$report")" "$(jq '.counters.synced_writes // 0' <<<"$report")" \
+        "$(jq '.counters.raft_messages // 0' <<<"$report")" "$(jq '.counters.raft_batches // 0' <<<"$report")" \
         "$(jq .errors_total <<<"$report")")"
     done
     stop_cluster
@@ -193,11 +194,12 @@ memory_gib=$(awk '/^MemTotal/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
   echo "  reads (start timestamp, linearizable read at the partition's leader) of 10,000 prefilled keys."
   echo "- fsyncs/s and synced writes/s are summed over the three nodes (every Raft group's appends, votes and"
   echo "  truncations; \`Store.NodeStats\`); writes per fsync is their ratio: above 1, group commit merged"
-  echo "  writes of several groups or requests into one fsync."
+  echo "  writes of several groups or requests into one fsync. Raft messages per call: append entries and votes"
+  echo "  sent, over the \`Peer.RaftBatch\` calls that carried them (one call per peer carries many groups' messages)."
   echo "- Medians over rounds; the runs alternate between 1 and 32 partitions."
   echo
-  echo "| scenario | partitions | ops/s | p50 ms | p99 ms | fsyncs/s | synced writes/s | writes per fsync | errors |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| scenario | partitions | ops/s | p50 ms | p99 ms | fsyncs/s | synced writes/s | writes per fsync | raft messages/s | messages per call | errors |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -r -s '
     def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
     def round1: (. * 10 | round) / 10;
@@ -213,6 +215,8 @@ memory_gib=$(awk '/^MemTotal/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
       ($runs | map((.report.counters.fsyncs // 0) / .report.elapsed_s) | median | round1 | tostring),
       ($runs | map((.report.counters.synced_writes // 0) / .report.elapsed_s) | median | round1 | tostring),
       ($runs | map(if (.report.counters.fsyncs // 0) > 0 then .report.counters.synced_writes / .report.counters.fsyncs else 0 end) | median | round1 | tostring),
+      ($runs | map((.report.counters.raft_messages // 0) / .report.elapsed_s) | median | round1 | tostring),
+      ($runs | map(if (.report.counters.raft_batches // 0) > 0 then .report.counters.raft_messages / .report.counters.raft_batches else 0 end) | median | round1 | tostring),
       ($runs | map(.report.errors_total) | add | tostring)
     ] | "| " + join(" | ") + " |"
   ' "$raw"

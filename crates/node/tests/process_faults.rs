@@ -33,7 +33,7 @@ use zongheng_proto::etcdserverpb::{
     compare, request_op, Compare, MemberRemoveRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest,
 };
 use zongheng_proto::peer::peer_client::PeerClient;
-use zongheng_proto::peer::{RaftKind, RaftRequest};
+use zongheng_proto::peer::{raft_batch_answer, RaftBatchItem, RaftBatchRequest, RaftKind, RaftRequest};
 
 /// How long a client may take to get a write through after the leader dies.
 const FAILOVER_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -108,6 +108,88 @@ fn zongheng_raft_message_for_another_member_is_refused() {
                 .get("x-zongheng-error")
                 .and_then(|code| code.to_str().ok()),
             Some("ZH_WRONG_MEMBER"),
+            "{status:?}"
+        );
+    });
+    cluster.assert_running(0);
+}
+
+/// A batch of Raft messages (`Peer.RaftBatch`) is answered message by
+/// message, each as a single `Peer.Raft` call would be: a misaddressed vote
+/// is refused with its code, a message for a group the node does not have
+/// gets `NotFound`, an item without a message is a bad request, and a real
+/// vote for the node's own id gets an answer. A batch over the limit is
+/// refused whole, and the node keeps running.
+#[test]
+fn zongheng_raft_batch_answers_each_message() {
+    let Some(_guard) = enabled(Kind::Zongheng) else { return };
+    let mut cluster = Cluster::start(Kind::Zongheng, 1);
+    cluster.wait_ready(0, CATCH_UP_TIMEOUT);
+    let peer_url = cluster.member(0).peer_url();
+    runtime().block_on(async {
+        let mut peer = PeerClient::new(channel(&peer_url).await.expect("peer connection"));
+        let message = |group_id, to_member_id| RaftBatchItem {
+            request: Some(RaftRequest {
+                group_id,
+                kind: RaftKind::Vote as i32,
+                payload: Vec::new(),
+                to_member_id,
+            }),
+            timeout_ms: 2_000,
+        };
+        let items = vec![
+            message(0, 0x1234),
+            message(1_000_007, 0),
+            RaftBatchItem {
+                request: None,
+                timeout_ms: 0,
+            },
+            message(0, 0),
+        ];
+        let mut answers = peer
+            .raft_batch(RaftBatchRequest { items })
+            .await
+            .expect("a batch is accepted")
+            .into_inner();
+        let mut outcomes = std::collections::BTreeMap::new();
+        while let Some(answer) = answers.message().await.expect("the answer stream") {
+            assert!(
+                outcomes.insert(answer.index, answer.outcome).is_none(),
+                "index {} answered twice",
+                answer.index
+            );
+        }
+        assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+        let error = |index: u32| match &outcomes[&index] {
+            Some(raft_batch_answer::Outcome::Error(error)) => error.clone(),
+            other => panic!("message {index}: expected an error, got {other:?}"),
+        };
+        let misaddressed = error(0);
+        assert_eq!(
+            misaddressed.code,
+            tonic::Code::FailedPrecondition as i32,
+            "{misaddressed:?}"
+        );
+        assert_eq!(misaddressed.error_code, "ZH_WRONG_MEMBER");
+        assert_eq!(error(1).code, tonic::Code::NotFound as i32, "{:?}", error(1));
+        assert_eq!(error(2).code, tonic::Code::InvalidArgument as i32, "{:?}", error(2));
+        // An empty payload is no vote request: the message reached the
+        // meta group and its decoder, and was refused as undecodable.
+        assert_eq!(error(3).code, tonic::Code::InvalidArgument as i32, "{:?}", error(3));
+        assert!(error(3).message.contains("undecodable"), "{:?}", error(3));
+
+        let oversized = (0..257).map(|_| message(0, 0)).collect();
+        let status = peer
+            .raft_batch(RaftBatchRequest { items: oversized })
+            .await
+            .expect_err("a batch over the limit is refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(
+            status
+                .metadata()
+                .get("x-zongheng-error")
+                .and_then(|code| code.to_str().ok()),
+            Some("ZH_RAFT_BATCH_TOO_LARGE"),
             "{status:?}"
         );
     });

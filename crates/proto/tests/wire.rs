@@ -319,7 +319,7 @@ fn grpc_method_paths_match_etcd() {
         ),
         (
             "zongheng.peer.v1.Peer",
-            &["Raft", "Forward", "ReadIndex", "Members", "ReplicaStatus"],
+            &["Raft", "RaftBatch", "Forward", "ReadIndex", "Members", "ReplicaStatus"],
         ),
         (
             "zongheng.store.v1.Store",

@@ -674,7 +674,7 @@ pub async fn execute(args: &BenchArgs) -> anyhow::Result<Report> {
                         .map_err(|reason| anyhow::anyhow!("cannot connect to {}: {reason}", endpoint.display))?,
                 );
             }
-            let before = store::cluster_syncs(&nodes).await;
+            let before = store::cluster_counters(&nodes).await;
             let plan = Arc::new(Plan::new(total, duration, load.rate));
             let (mut recorder, elapsed) = if matches!(args.scenario, Scenario::StorePut(_)) {
                 let workers = (0..load.clients)
@@ -687,9 +687,17 @@ pub async fn execute(args: &BenchArgs) -> anyhow::Result<Report> {
                     .collect();
                 drive(plan, workers).await
             };
-            if let (Some(before), Some(after)) = (before, store::cluster_syncs(&nodes).await) {
-                recorder.count("synced_writes", after.0.saturating_sub(before.0));
-                recorder.count("fsyncs", after.1.saturating_sub(before.1));
+            if let (Some(before), Some(after)) = (before, store::cluster_counters(&nodes).await) {
+                recorder.count(
+                    "synced_writes",
+                    after.synced_writes.saturating_sub(before.synced_writes),
+                );
+                recorder.count("fsyncs", after.fsyncs.saturating_sub(before.fsyncs));
+                recorder.count(
+                    "raft_messages",
+                    after.raft_messages.saturating_sub(before.raft_messages),
+                );
+                recorder.count("raft_batches", after.raft_batches.saturating_sub(before.raft_batches));
             }
             (recorder, elapsed)
         }

@@ -10,6 +10,8 @@
 //! - [`state_machine`]: snapshots and apply, generic over an [`Application`];
 //! - [`network`]: Raft messages over one gRPC connection per peer, every
 //!   message tagged with its group id (the `meta` group is [`META_GROUP`]);
+//! - [`batch`]: the messages of all groups to one peer leave in shared
+//!   calls;
 //! - [`runtime`]: tokio with a seedable RNG so simulations replay exactly;
 //! - [`codec`]: how entries and messages become bytes;
 //! - [`tiebreak`]: a fresh random delay for every election, so tied
@@ -24,6 +26,7 @@
 //! Chapter: V1 coordination (consensus) in COURSE.md; Ongaro and Ousterhout,
 //! "In Search of an Understandable Consensus Algorithm" (2014).
 
+pub mod batch;
 pub mod codec;
 pub mod group_commit;
 pub mod log_store;

@@ -1,8 +1,10 @@
 //! Raft messages between nodes, over the `zongheng.peer.v1.Peer` gRPC service.
 //!
 //! Every message names its Raft **group** (the `meta` group is group 0), so the
-//! data store's many groups will share the one connection each node keeps per
-//! peer ([`PeerPool`]). The openraft request is bincode-encoded into the
+//! data store's many groups share the one connection each node keeps per
+//! peer ([`PeerPool`]), and append entries and votes of all groups to one
+//! peer leave together in batch calls ([`super::batch`]); snapshot chunks go
+//! as single calls. The openraft request is bincode-encoded into the
 //! message payload; the reply carries the encoded `Result` of the receiver's
 //! `Raft` call, so a remote Raft error comes back typed.
 //!
@@ -27,6 +29,7 @@ use tonic::transport::Channel;
 use zongheng_proto::peer::peer_client::PeerClient;
 use zongheng_proto::peer::{RaftKind, RaftRequest};
 
+use super::batch::{BatchCounters, PeerBatcher};
 use super::codec;
 use crate::net::transport::{self, Transport};
 
@@ -58,6 +61,9 @@ pub struct PeerPool {
     /// member's address is reused by the member that replaces it, whose
     /// answers say nothing about the old one.
     last_answer: Mutex<BTreeMap<u64, tokio::time::Instant>>,
+    /// The batching queue of each peer address.
+    batchers: Mutex<BTreeMap<String, Arc<PeerBatcher>>>,
+    batch_counters: Arc<BatchCounters>,
 }
 
 impl PeerPool {
@@ -66,7 +72,25 @@ impl PeerPool {
             transport,
             channels: Mutex::new(BTreeMap::new()),
             last_answer: Mutex::new(BTreeMap::new()),
+            batchers: Mutex::new(BTreeMap::new()),
+            batch_counters: Arc::new(BatchCounters::default()),
         }
+    }
+
+    /// The batching queue of the peer at `address`, started on first use.
+    pub fn batcher(&self, address: &str) -> Arc<PeerBatcher> {
+        let client = self.client(address);
+        self.batchers
+            .lock()
+            .expect("peer pool lock poisoned")
+            .entry(address.to_string())
+            .or_insert_with(|| Arc::new(PeerBatcher::start(client, self.batch_counters.clone())))
+            .clone()
+    }
+
+    /// Raft messages and batch calls sent so far.
+    pub fn batch_counters(&self) -> &BatchCounters {
+        &self.batch_counters
     }
 
     /// A client for the peer at `address` ("host:port").
@@ -183,21 +207,29 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         E: DeserializeOwned,
     {
         let target = self.target.to_string();
-        let Some(client) = self.client.as_mut() else {
+        let (Some(client), Some(address)) = (self.client.as_mut(), self.address.as_deref()) else {
             return Err(CallError::NoAddress { target });
         };
         let payload = codec::encode(request).map_err(|error| CallError::Network {
             target: target.clone(),
             message: error.to_string(),
         })?;
-        let mut message = tonic::Request::new(RaftRequest {
+        let message = RaftRequest {
             group_id: self.group,
             kind: kind as i32,
             payload,
             to_member_id: self.to_member_id,
-        });
-        message.set_timeout(deadline);
-        let reply = tokio::time::timeout(deadline, client.raft(message)).await;
+        };
+        let reply = if kind == RaftKind::InstallSnapshot {
+            let mut message = tonic::Request::new(message);
+            message.set_timeout(deadline);
+            tokio::time::timeout(deadline, client.raft(message))
+                .await
+                .map(|reply| reply.map(tonic::Response::into_inner))
+        } else {
+            let batcher = self.pool.batcher(address);
+            tokio::time::timeout(deadline, batcher.send(message, deadline)).await
+        };
         let reply = match reply {
             Err(_) => {
                 return Err(CallError::Network {
@@ -228,7 +260,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
             }
             Ok(Ok(reply)) => {
                 self.pool.record_answer(self.to_member_id);
-                reply.into_inner()
+                reply
             }
         };
         codec::decode(&reply.payload).map_err(|error| CallError::Network {

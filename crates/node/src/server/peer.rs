@@ -4,18 +4,23 @@
 //! a group this node has no replica of is refused with `NotFound`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use zongheng_proto::peer::peer_server::Peer;
 use zongheng_proto::peer::{
-    ForwardReply, ForwardRequest, MembersReply, MembersRequest, PeerMember, RaftKind, RaftReply, RaftRequest,
-    ReadIndexReply, ReadIndexRequest, ReplicaStatusReply, ReplicaStatusRequest,
+    raft_batch_answer, ForwardReply, ForwardRequest, MembersReply, MembersRequest, PeerMember, RaftBatchAnswer,
+    RaftBatchError, RaftBatchRequest, RaftKind, RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
+    ReplicaStatusReply, ReplicaStatusRequest,
 };
 
 use crate::meta::group::{LeaderCall, REQUEST_TIMEOUT};
 use crate::meta::{MetaError, MetaGroup, MetaRaftConfig};
+use crate::raft::batch::{RAFT_BATCH_MESSAGES_MAX, RAFT_BATCH_MESSAGE_TIMEOUT};
 use crate::raft::{codec, META_GROUP};
 use crate::store::app::StoreRaftConfig;
 use crate::store::group::{
@@ -23,6 +28,7 @@ use crate::store::group::{
 };
 use crate::store::StoreGroups;
 
+#[derive(Clone)]
 pub struct PeerService {
     meta: Arc<MetaGroup>,
     store: Arc<StoreGroups>,
@@ -74,6 +80,66 @@ impl PeerService {
             }
             RaftKind::Unspecified => Err(Status::invalid_argument("zongheng: raft message kind not set")),
         }
+    }
+
+    /// One Raft message for the meta group or a partition group: the
+    /// encoded answer of the group's `Raft` call.
+    async fn raft_one(&self, request: RaftRequest) -> Result<Vec<u8>, Status> {
+        if let Some(partition) = self.partition_group(request.group_id) {
+            return self.partition_raft(&*partition?, request).await;
+        }
+        let group = self.group(request.group_id)?;
+        refuse_misaddressed(group, request.to_member_id)?;
+        let kind = RaftKind::try_from(request.kind).unwrap_or(RaftKind::Unspecified);
+        let payload = match kind {
+            RaftKind::AppendEntries => {
+                let rpc: AppendEntriesRequest<MetaRaftConfig> = codec::decode(&request.payload).map_err(bad_payload)?;
+                // A leader of a newer term than ours knows a newer
+                // configuration than ours: we are the stale one.
+                let current_term = group.raft.metrics().borrow().current_term;
+                if rpc.vote.leader_id().term <= current_term {
+                    refuse_removed(group, rpc.vote.leader_id().voted_for())?;
+                }
+                encode_reply(&group.raft.append_entries(rpc).await)?
+            }
+            RaftKind::Vote => {
+                let rpc: VoteRequest<u64> = codec::decode(&request.payload).map_err(bad_payload)?;
+                // A removed member's log ends at or before ours (we have
+                // everything up to its removal and more); a candidate with a
+                // longer log has seen entries we have not, such as the
+                // change that added it: we are the stale one.
+                // Only a leader refuses, and a leader's last entry is of its
+                // own term (the blank entry it appends on election).
+                let ours = {
+                    let metrics = group.raft.metrics();
+                    let metrics = metrics.borrow();
+                    (metrics.current_term, metrics.last_log_index.unwrap_or(0))
+                };
+                let theirs = rpc
+                    .last_log_id
+                    .map(|id| (id.leader_id.term, id.index))
+                    .unwrap_or((0, 0));
+                if theirs <= ours {
+                    refuse_removed(group, rpc.vote.leader_id().voted_for())?;
+                }
+                if cfg!(feature = "mutation-grant-all-votes") {
+                    // The mutation build grants every vote without looking
+                    // at terms or logs.
+                    let granted: Result<openraft::raft::VoteResponse<u64>, openraft::error::RaftError<u64>> =
+                        Ok(openraft::raft::VoteResponse::new(rpc.vote, rpc.last_log_id, true));
+                    encode_reply(&granted)?
+                } else {
+                    encode_reply(&group.raft.vote(rpc).await)?
+                }
+            }
+            RaftKind::InstallSnapshot => {
+                let rpc: InstallSnapshotRequest<MetaRaftConfig> =
+                    codec::decode(&request.payload).map_err(bad_payload)?;
+                encode_reply(&group.raft.install_snapshot(rpc).await)?
+            }
+            RaftKind::Unspecified => return Err(Status::invalid_argument("zongheng: raft message kind not set")),
+        };
+        Ok(payload)
     }
 
     fn group(&self, group_id: u64) -> Result<&MetaGroup, Status> {
@@ -144,6 +210,28 @@ pub const WRONG_MEMBER_CODE: &str = "ZH_WRONG_MEMBER";
 pub const MEMBER_REMOVED_MESSAGE: &str = "zongheng: this member was removed from the cluster";
 pub const MEMBER_REMOVED_CODE: &str = "ZH_MEMBER_REMOVED";
 
+/// The answer to message `index` of a batch: its reply, or the status a
+/// single `Raft` call would have failed with.
+fn batch_answer(index: u32, outcome: Result<Vec<u8>, Status>) -> RaftBatchAnswer {
+    let outcome = match outcome {
+        Ok(payload) => raft_batch_answer::Outcome::Reply(RaftReply { payload }),
+        Err(status) => raft_batch_answer::Outcome::Error(RaftBatchError {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            error_code: status
+                .metadata()
+                .get(crate::server::status::ERROR_CODE_METADATA)
+                .and_then(|code| code.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        }),
+    };
+    RaftBatchAnswer {
+        index,
+        outcome: Some(outcome),
+    }
+}
+
 fn bad_payload(error: codec::CodecError) -> Status {
     Status::invalid_argument(format!("zongheng: undecodable peer payload: {error}"))
 }
@@ -155,63 +243,60 @@ fn encode_reply<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        if let Some(partition) = self.partition_group(request.group_id) {
-            let payload = self.partition_raft(&*partition?, request).await?;
-            return Ok(Response::new(RaftReply { payload }));
-        }
-        let group = self.group(request.group_id)?;
-        refuse_misaddressed(group, request.to_member_id)?;
-        let kind = RaftKind::try_from(request.kind).unwrap_or(RaftKind::Unspecified);
-        let payload = match kind {
-            RaftKind::AppendEntries => {
-                let rpc: AppendEntriesRequest<MetaRaftConfig> = codec::decode(&request.payload).map_err(bad_payload)?;
-                // A leader of a newer term than ours knows a newer
-                // configuration than ours: we are the stale one.
-                let current_term = group.raft.metrics().borrow().current_term;
-                if rpc.vote.leader_id().term <= current_term {
-                    refuse_removed(group, rpc.vote.leader_id().voted_for())?;
-                }
-                encode_reply(&group.raft.append_entries(rpc).await)?
-            }
-            RaftKind::Vote => {
-                let rpc: VoteRequest<u64> = codec::decode(&request.payload).map_err(bad_payload)?;
-                // A removed member's log ends at or before ours (we have
-                // everything up to its removal and more); a candidate with a
-                // longer log has seen entries we have not, such as the
-                // change that added it: we are the stale one.
-                // Only a leader refuses, and a leader's last entry is of its
-                // own term (the blank entry it appends on election).
-                let ours = {
-                    let metrics = group.raft.metrics();
-                    let metrics = metrics.borrow();
-                    (metrics.current_term, metrics.last_log_index.unwrap_or(0))
-                };
-                let theirs = rpc
-                    .last_log_id
-                    .map(|id| (id.leader_id.term, id.index))
-                    .unwrap_or((0, 0));
-                if theirs <= ours {
-                    refuse_removed(group, rpc.vote.leader_id().voted_for())?;
-                }
-                if cfg!(feature = "mutation-grant-all-votes") {
-                    // The mutation build grants every vote without looking
-                    // at terms or logs.
-                    let granted: Result<openraft::raft::VoteResponse<u64>, openraft::error::RaftError<u64>> =
-                        Ok(openraft::raft::VoteResponse::new(rpc.vote, rpc.last_log_id, true));
-                    encode_reply(&granted)?
-                } else {
-                    encode_reply(&group.raft.vote(rpc).await)?
-                }
-            }
-            RaftKind::InstallSnapshot => {
-                let rpc: InstallSnapshotRequest<MetaRaftConfig> =
-                    codec::decode(&request.payload).map_err(bad_payload)?;
-                encode_reply(&group.raft.install_snapshot(rpc).await)?
-            }
-            RaftKind::Unspecified => return Err(Status::invalid_argument("zongheng: raft message kind not set")),
-        };
+        let payload = self.raft_one(request.into_inner()).await?;
         Ok(Response::new(RaftReply { payload }))
+    }
+
+    type RaftBatchStream = ReceiverStream<Result<RaftBatchAnswer, Status>>;
+
+    async fn raft_batch(&self, request: Request<RaftBatchRequest>) -> Result<Response<Self::RaftBatchStream>, Status> {
+        let items = request.into_inner().items;
+        if items.len() > RAFT_BATCH_MESSAGES_MAX {
+            return Err(crate::server::status::status(
+                tonic::Code::InvalidArgument,
+                format!(
+                    "zongheng: a raft batch holds {} messages; the limit is {RAFT_BATCH_MESSAGES_MAX}",
+                    items.len()
+                ),
+                "ZH_RAFT_BATCH_TOO_LARGE",
+            ));
+        }
+        let (answers, stream) = tokio::sync::mpsc::channel(items.len().max(1));
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut pending: FuturesUnordered<_> = items
+                .into_iter()
+                .enumerate()
+                .map(|(index, item)| {
+                    let service = service.clone();
+                    async move {
+                        let limit = match item.timeout_ms {
+                            0 => RAFT_BATCH_MESSAGE_TIMEOUT,
+                            ms => Duration::from_millis(ms.into()).min(RAFT_BATCH_MESSAGE_TIMEOUT),
+                        };
+                        let outcome = match item.request {
+                            None => Err(Status::invalid_argument("zongheng: raft batch item without a message")),
+                            Some(request) => tokio::time::timeout(limit, service.raft_one(request))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(Status::deadline_exceeded(format!(
+                                        "zongheng: no answer within {} ms",
+                                        limit.as_millis()
+                                    )))
+                                }),
+                        };
+                        batch_answer(index as u32, outcome)
+                    }
+                })
+                .collect();
+            while let Some(answer) = pending.next().await {
+                // The sender gone, the remaining answers have no reader;
+                // the groups still finish their calls (dropping them here
+                // would cancel a Raft call midway).
+                let _ = answers.send(Ok(answer)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {

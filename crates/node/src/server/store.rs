@@ -250,6 +250,16 @@ impl Store for StoreService {
             syncs: counters.syncs.load(std::sync::atomic::Ordering::Relaxed),
             replicas: groups.len() as u32,
             leaders: groups.iter().filter(|group| group.is_leader()).count() as u32,
+            raft_messages: self
+                .pool
+                .batch_counters()
+                .messages
+                .load(std::sync::atomic::Ordering::Relaxed),
+            raft_batches: self
+                .pool
+                .batch_counters()
+                .batches
+                .load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

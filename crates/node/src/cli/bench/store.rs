@@ -122,16 +122,25 @@ pub async fn prefill(store: &RemoteStore, count: u64, load: &LoadOptions) -> any
     Ok(())
 }
 
-/// Synced writes and fsyncs summed over the nodes behind `channels` (each
-/// endpoint one node), or `None` if one did not answer.
-pub async fn cluster_syncs(channels: &[tonic::transport::Channel]) -> Option<(u64, u64)> {
-    let mut writes = 0;
-    let mut syncs = 0;
+/// Counters summed over the nodes behind `channels` (each endpoint one
+/// node), or `None` if one did not answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterCounters {
+    pub synced_writes: u64,
+    pub fsyncs: u64,
+    pub raft_messages: u64,
+    pub raft_batches: u64,
+}
+
+pub async fn cluster_counters(channels: &[tonic::transport::Channel]) -> Option<ClusterCounters> {
+    let mut sum = ClusterCounters::default();
     for channel in channels {
         let mut client = StoreClient::new(channel.clone());
         let reply = client.node_stats(NodeStatsRequest {}).await.ok()?.into_inner();
-        writes += reply.synced_writes;
-        syncs += reply.syncs;
+        sum.synced_writes += reply.synced_writes;
+        sum.fsyncs += reply.syncs;
+        sum.raft_messages += reply.raft_messages;
+        sum.raft_batches += reply.raft_batches;
     }
-    Some((writes, syncs))
+    Some(sum)
 }
