@@ -211,6 +211,12 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
 
     // Drain another: it ends with no replica, the data stays.
     let drained = cluster.member(fifth).name.clone();
+    let led_before_drain = status(&survivors)["partitions"]
+        .as_array()
+        .expect("a partitions array")
+        .iter()
+        .filter(|partition| partition["leader"].as_str() == Some(drained.as_str()))
+        .count();
     let output = eventually_ok(
         &survivors,
         &["node", "drain", &drained, "--wait", "--wait-timeout", "150"],
@@ -225,6 +231,17 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
     );
     assert_eq!(count(&survivors, "before/"), KEYS_PER_PHASE);
     assert_eq!(count(&survivors, "during/"), KEYS_PER_PHASE);
+    // A leader that removes its own replica hands the leadership to a
+    // successor (`Peer.Campaign`) instead of leaving the partition without
+    // one for an election timeout.
+    let handovers = node_stats(&cluster.member(fifth).client_url()).leader_handovers;
+    println!("{drained} led {led_before_drain} partitions before its drain and handed over {handovers}");
+    if led_before_drain > 0 {
+        assert!(
+            handovers >= 1,
+            "{drained} led {led_before_drain} partitions before its drain and handed over {handovers}"
+        );
+    }
 
     // Bad input: draining a name no member has.
     let unknown = zongheng(&survivors, &["node", "drain", "no-such-node"]);
@@ -234,6 +251,25 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
+}
+
+/// The node's `Store.NodeStats` counters.
+fn node_stats(endpoint: &str) -> zongheng_proto::store::NodeStatsReply {
+    use zongheng_proto::store::store_client::StoreClient;
+    use zongheng_proto::store::NodeStatsRequest;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = StoreClient::connect(endpoint.to_string()).await.expect("connect");
+        client
+            .node_stats(NodeStatsRequest {})
+            .await
+            .expect("node stats")
+            .into_inner()
+    })
 }
 
 /// Send a prewrite of `key` to `partition` routed with epoch 1 (the epoch

@@ -319,7 +319,15 @@ fn grpc_method_paths_match_etcd() {
         ),
         (
             "zongheng.peer.v1.Peer",
-            &["Raft", "RaftBatch", "Forward", "ReadIndex", "Members", "ReplicaStatus"],
+            &[
+                "Raft",
+                "RaftBatch",
+                "Forward",
+                "ReadIndex",
+                "Members",
+                "ReplicaStatus",
+                "Campaign",
+            ],
         ),
         (
             "zongheng.store.v1.Store",

@@ -1,17 +1,14 @@
-//! `store`: the sharded, replicated data store (being built; see issue 6).
+//! `store`: the sharded, replicated data store (architecture section 18).
 //!
 //! Keys map to one of P partitions by a fixed hash
 //! ([`zongheng_algo::partition_of`]); partitions map to replica sets by
 //! consistent hashing with bounded loads ([`zongheng_algo::place`]). Each
-//! partition will be its own Raft group, applying the transactional store
-//! of [`txn`]: Percolator's locks and versions, with timestamps from the
-//! meta leader's oracle ([`timestamp`]).
-//!
-//! What exists so far are the I/O-free cores: the partition's transactional
-//! state machine and the timestamp oracle, each with unit tests, and a
-//! model test of the client's protocol (bank transfers across partitions,
-//! with clients that die mid-commit) in [`txn`]'s tests. The Raft groups,
-//! routing, the shard map and the API come next.
+//! partition is its own Raft group ([`group`]), applying the transactional
+//! store of [`txn`]: Percolator's locks and versions, with timestamps from
+//! the meta leader's oracle ([`timestamp`]). The shard map lives in `meta`
+//! ([`shard_map`]); the meta leader's [`driver`] decides moves and every
+//! node's [`agent`] carries them out. Clients route with [`remote`] and run
+//! transactions with [`client`].
 
 pub mod agent;
 pub mod app;
@@ -25,6 +22,7 @@ pub mod timestamp;
 pub mod txn;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use zongheng_algo::PartitionId;
@@ -34,6 +32,9 @@ use zongheng_algo::PartitionId;
 #[derive(Default)]
 pub struct StoreGroups {
     groups: RwLock<BTreeMap<PartitionId, Arc<group::PartitionGroup>>>,
+    /// Leaderships this node handed over after removing its own replica
+    /// (`agent::hand_over`), for `Store.NodeStats`.
+    pub handovers: AtomicU64,
 }
 
 impl StoreGroups {
