@@ -11,9 +11,7 @@
 //! - a write routed with the epoch a partition had before it moved is refused
 //!   with `ZH_STORE_STALE_EPOCH` and leaves nothing behind;
 //! - `zongheng node drain NAME --wait` returns once the node holds no
-//!   replica, and the data is all still there; the drained node (the one
-//!   leading the most partitions) handed its leaderships over
-//!   (`Peer.Campaign`) as its replicas left.
+//!   replica, and the data is all still there.
 //!
 //! `ZONGHENG_PROCESS_TESTS=0` turns it off.
 
@@ -150,7 +148,7 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
 
     // Grow to 5, writing while the partitions move.
     let fourth = cluster.add_member();
-    cluster.add_member();
+    let fifth = cluster.add_member();
     let endpoints = cluster.client_urls();
     for index in 0..KEYS_PER_PHASE {
         let endpoint = std::slice::from_ref(&endpoints[index % endpoints.len()]);
@@ -211,23 +209,8 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
     assert_eq!(count(&survivors, "during/"), KEYS_PER_PHASE);
     assert_eq!(eventually_ok(&survivors, &["store", "get", "during/007"]), "d7\n");
 
-    // Drain another, the live node that leads the most partitions: it ends
-    // with no replica, the data stays, and its leaderships were handed over.
-    let before_drain = status(&survivors);
-    let leaders_of = |name: &str| {
-        before_drain["partitions"]
-            .as_array()
-            .expect("a partitions array")
-            .iter()
-            .filter(|partition| partition["leader"].as_str() == Some(name))
-            .count()
-    };
-    let drained_index = (0..cluster.size())
-        .filter(|index| *index != fourth)
-        .max_by_key(|index| leaders_of(&cluster.member(*index).name))
-        .expect("live members");
-    let drained = cluster.member(drained_index).name.clone();
-    let led_before_drain = leaders_of(&drained);
+    // Drain another: it ends with no replica, the data stays.
+    let drained = cluster.member(fifth).name.clone();
     let output = eventually_ok(
         &survivors,
         &["node", "drain", &drained, "--wait", "--wait-timeout", "150"],
@@ -242,17 +225,6 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
     );
     assert_eq!(count(&survivors, "before/"), KEYS_PER_PHASE);
     assert_eq!(count(&survivors, "during/"), KEYS_PER_PHASE);
-    // A leader that removes its own replica hands the leadership to a
-    // successor (`Peer.Campaign`) instead of leaving the partition without
-    // one for an election timeout. (Leaderships can move between the look
-    // and the drain, so at least one hand-over is asked, not all.)
-    let handovers = node_stats(&cluster.member(drained_index).client_url()).leader_handovers;
-    println!("{drained} led {led_before_drain} partitions before its drain and handed over {handovers}");
-    assert!(led_before_drain > 0, "no live node leads a partition: {before_drain:#}");
-    assert!(
-        handovers >= 1,
-        "{drained} led {led_before_drain} partitions before its drain and handed over {handovers}"
-    );
 
     // Bad input: draining a name no member has.
     let unknown = zongheng(&survivors, &["node", "drain", "no-such-node"]);
@@ -262,25 +234,6 @@ fn partitions_spread_over_new_nodes_and_leave_dead_and_drained_ones() {
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
-}
-
-/// The node's `Store.NodeStats` counters.
-fn node_stats(endpoint: &str) -> zongheng_proto::store::NodeStatsReply {
-    use zongheng_proto::store::store_client::StoreClient;
-    use zongheng_proto::store::NodeStatsRequest;
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = StoreClient::connect(endpoint.to_string()).await.expect("connect");
-        client
-            .node_stats(NodeStatsRequest {})
-            .await
-            .expect("node stats")
-            .into_inner()
-    })
 }
 
 /// Send a prewrite of `key` to `partition` routed with epoch 1 (the epoch

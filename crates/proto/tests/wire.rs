@@ -319,15 +319,7 @@ fn grpc_method_paths_match_etcd() {
         ),
         (
             "zongheng.peer.v1.Peer",
-            &[
-                "Raft",
-                "RaftBatch",
-                "Forward",
-                "ReadIndex",
-                "Members",
-                "ReplicaStatus",
-                "Campaign",
-            ],
+            &["Raft", "RaftBatch", "Forward", "ReadIndex", "Members", "ReplicaStatus"],
         ),
         (
             "zongheng.store.v1.Store",

@@ -13,9 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use zongheng_proto::peer::peer_server::Peer;
 use zongheng_proto::peer::{
-    raft_batch_answer, CampaignReply, CampaignRequest, ForwardReply, ForwardRequest, MembersReply, MembersRequest,
-    PeerMember, RaftBatchAnswer, RaftBatchError, RaftBatchRequest, RaftKind, RaftReply, RaftRequest, ReadIndexReply,
-    ReadIndexRequest, ReplicaStatusReply, ReplicaStatusRequest,
+    raft_batch_answer, ForwardReply, ForwardRequest, MembersReply, MembersRequest, PeerMember, RaftBatchAnswer,
+    RaftBatchError, RaftBatchRequest, RaftKind, RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
+    ReplicaStatusReply, ReplicaStatusRequest,
 };
 
 use crate::meta::group::{LeaderCall, REQUEST_TIMEOUT};
@@ -423,46 +423,5 @@ impl Peer for PeerService {
             },
         };
         Ok(Response::new(reply))
-    }
-
-    async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignReply>, Status> {
-        let request = request.into_inner();
-        let Some(partition) = self.partition_group(request.group_id) else {
-            return Err(Status::invalid_argument(format!(
-                "zongheng: group {} is not a data-store partition",
-                request.group_id
-            )));
-        };
-        let partition = partition?;
-        refuse_misaddressed_id(partition.replica_id, request.to_member_id)?;
-        // Campaigning is always safe in Raft (a higher term, votes only from
-        // replicas whose logs are no longer); a replica that is not a voter
-        // would only disturb the group, so it declines.
-        let is_voter = {
-            let metrics = partition.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|id| id == partition.replica_id)
-        };
-        if !is_voter {
-            return Err(crate::server::status::status(
-                tonic::Code::FailedPrecondition,
-                format!(
-                    "zongheng: replica {:x} is not a voter of partition {}",
-                    partition.replica_id, partition.partition
-                ),
-                "ZH_STORE_NOT_A_VOTER",
-            ));
-        }
-        partition
-            .raft
-            .trigger()
-            .elect()
-            .await
-            .map_err(|error| Status::unavailable(format!("zongheng: cannot campaign: {error}")))?;
-        Ok(Response::new(CampaignReply {}))
     }
 }

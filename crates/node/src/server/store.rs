@@ -246,7 +246,6 @@ impl Store for StoreService {
         let groups = self.groups.all();
         Ok(Response::new(NodeStatsReply {
             node_id: self.meta.node_id,
-            leader_handovers: self.groups.handovers.load(std::sync::atomic::Ordering::Relaxed),
             synced_writes: counters.writes.load(std::sync::atomic::Ordering::Relaxed),
             syncs: counters.syncs.load(std::sync::atomic::Ordering::Relaxed),
             replicas: groups.len() as u32,

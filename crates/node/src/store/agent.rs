@@ -61,7 +61,7 @@ use std::time::Duration;
 use openraft::{ChangeMembers, Raft};
 use tokio::sync::watch;
 use zongheng_algo::PartitionId;
-use zongheng_proto::peer::{CampaignRequest, ReplicaStatusRequest};
+use zongheng_proto::peer::ReplicaStatusRequest;
 use zongheng_storage::{Durability, Engine, Key, WriteBatch};
 
 use super::app::{PartitionApp, PartitionCommand, ReplicaNode};
@@ -84,10 +84,6 @@ pub const AGENT_INTERVAL: Duration = Duration::from_millis(200);
 pub const LEARNER_CATCH_UP_LAG_MAX: u64 = 64;
 /// How long one `ReplicaStatus` question may take.
 const REPLICA_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a leader that removed itself waits for its successor to accept
-/// the hand-over.
-const CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most replica records the agent lists at start (the partition count is
 /// at most 4,096, one record each).
 const LOCAL_GROUPS_SCAN_MAX: usize = 8_192;
@@ -532,9 +528,7 @@ async fn reconcile_membership(
     {
         // A leader stopped half-way through a change: finish it.
         let voters: BTreeSet<u64> = last.clone();
-        change(group, ChangeMembers::ReplaceAllVoters(voters.clone())).await?;
-        hand_over(context, group, &voters, &replication).await;
-        return Ok(());
+        return change(group, ChangeMembers::ReplaceAllVoters(voters)).await;
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let learners: BTreeSet<u64> = membership.learner_ids().collect();
@@ -631,72 +625,7 @@ async fn reconcile_membership(
         ));
     }
     tracing::info!(partition, ?step, "changing the partition's voters");
-    change(group, ChangeMembers::ReplaceAllVoters(target.clone())).await?;
-    hand_over(context, group, &target, &replication).await;
-    Ok(())
-}
-
-/// Leadership hand-over after a change that removed this leader's own
-/// replica. openraft keeps leading until the change is committed and then
-/// steps down, and the remaining voters would wait an election timeout
-/// before one campaigns (the partition has no leader meanwhile). Instead
-/// the voter that had replicated the most (`replication`: the leader's
-/// view just before the change) is asked to campaign now (`Peer.Campaign`,
-/// Raft's TimeoutNow). Best effort: if the call fails, or that voter's log
-/// is behind another's and it loses, the election timeout elects a leader
-/// as before.
-async fn hand_over(
-    context: &AgentContext,
-    group: &PartitionGroup,
-    voters: &BTreeSet<u64>,
-    replication: &BTreeMap<u64, Option<openraft::LogId<u64>>>,
-) {
-    if voters.contains(&group.replica_id) {
-        return;
-    }
-    let Some(successor) = voters
-        .iter()
-        .max_by_key(|id| (replication.get(id).cloned().flatten().map(|log_id| log_id.index), **id))
-        .copied()
-    else {
-        return;
-    };
-    let address = {
-        let metrics = group.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&successor)
-            .and_then(|node| node.peer_address())
-    };
-    let Some(address) = address else { return };
-    let mut client = context.pool.client(&address);
-    let mut request = tonic::Request::new(CampaignRequest {
-        group_id: group_of(group.partition),
-        to_member_id: successor,
-    });
-    request.set_timeout(CAMPAIGN_TIMEOUT);
-    match tokio::time::timeout(CAMPAIGN_TIMEOUT, client.campaign(request)).await {
-        Ok(Ok(_)) => {
-            context
-                .groups
-                .handovers
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(
-                partition = group.partition,
-                successor = format_args!("{successor:x}"),
-                "handed leadership over"
-            );
-        }
-        Ok(Err(status)) => {
-            tracing::info!(partition = group.partition, %status, "leadership hand-over refused; the election timeout decides")
-        }
-        Err(_) => tracing::info!(
-            partition = group.partition,
-            "leadership hand-over unanswered; the election timeout decides"
-        ),
-    }
+    change(group, ChangeMembers::ReplaceAllVoters(target)).await
 }
 
 async fn change(group: &PartitionGroup, members: ChangeMembers<u64, ReplicaNode>) -> Result<(), String> {

@@ -22,7 +22,6 @@ pub mod timestamp;
 pub mod txn;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use zongheng_algo::PartitionId;
@@ -32,9 +31,6 @@ use zongheng_algo::PartitionId;
 #[derive(Default)]
 pub struct StoreGroups {
     groups: RwLock<BTreeMap<PartitionId, Arc<group::PartitionGroup>>>,
-    /// Leaderships this node handed over after removing its own replica
-    /// (`agent::hand_over`), for `Store.NodeStats`.
-    pub handovers: AtomicU64,
 }
 
 impl StoreGroups {
