@@ -284,7 +284,7 @@ dirty=$(git status --porcelain --untracked-files=no | wc -l)
   if [[ -n "$binary" ]]; then
     built="binary $binary, given as built from $git_hash"
   else
-    built="built from this checkout at $git_hash$( ((dirty)) && echo ", whose work tree had $dirty modified tracked files")"
+    built="built from this checkout at $git_hash$( ((dirty)) && echo ", whose work tree had $dirty modified tracked files" || true)"
   fi
   echo "- Versions: $(etcd --version | head -1); $("$zongheng" --version) ($built); $(rustc --version)."
   echo "- Both clusters: 3 members on loopback, fsync on every commit (both defaults), heartbeat 100 ms,"
