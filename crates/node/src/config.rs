@@ -73,7 +73,8 @@ pub struct NodeArgs {
     #[arg(long, env = "ZONGHENG_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
     /// Partitions of the data store, fixed when the cluster is created
-    /// (0: no data store). Each is a Raft group on up to 3 of the initial members.
+    /// (0, the default: no data store; 32 suits most clusters). Each is a
+    /// Raft group on R of the store's nodes.
     #[arg(long, env = "ZONGHENG_STORE_PARTITIONS")]
     pub store_partitions: Option<u32>,
     /// Replicas per data-store partition (R), fixed when the cluster is created.
@@ -97,9 +98,11 @@ pub struct NodeArgs {
 }
 
 /// Data-store partitions of a new cluster unless `--store-partitions` says
-/// otherwise. Off for now: until appends of many groups share one fsync
-/// (issue 6), every partition costs its own fsync per write and its own
-/// heartbeats, so the store is opt-in.
+/// otherwise. The store is opt-in: a cluster used only as an etcd-compatible
+/// coordination store should not pay for idle partition groups (each runs
+/// its own Raft timers and heartbeats on every replica). When it is wanted,
+/// `zongheng_algo::PARTITIONS_DEFAULT` (32) is the suggested count; `dev`
+/// starts 8.
 pub const STORE_PARTITIONS_DEFAULT: u32 = 0;
 
 /// Replicas per partition unless `--store-replicas` says otherwise.
