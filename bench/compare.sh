@@ -219,6 +219,7 @@ raw="$stem.jsonl"
 : >"$raw"
 
 started_at=$(date -u +%H:%M:%S)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for entry in "${scenarios[@]}"; do
   name=${entry%%|*}
   bench_args=${entry#*|}
@@ -280,7 +281,7 @@ dirty=$(git status --porcelain --untracked-files=no | wc -l)
   echo
   echo "- Machine: $(nproc) cores ($cpu_model), $memory RAM, kernel $(uname -r)."
   echo "- Data dirs: $data_fs, under $(dirname "$work")."
-  echo "- Load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shares the cores)."
+  echo "- Load average before the run: $load_before; after it: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shares the cores)."
   if [[ -n "$binary" ]]; then
     built="binary $binary, given as built from $git_hash"
   else
