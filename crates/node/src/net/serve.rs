@@ -25,14 +25,14 @@
 //! its stream, which makes hyper drop the handler; so neither is needed.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 
 use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 
-use crate::net::transport::Listener;
+use crate::net::transport::{BoxedConnection, Listener};
 
 /// HTTP/2 settings of one server.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,6 +57,53 @@ pub async fn serve(
         .auto_date_header(false)
         .max_concurrent_streams(options.max_concurrent_streams);
     let routes = routes.prepare();
+    accept_until(
+        incoming,
+        shutdown,
+        "a",
+        move |connection| {
+            let service = TowerToHyperService::new(routes.clone());
+            builder.serve_connection(TokioIo::new(connection), service)
+        },
+        |served| served.graceful_shutdown(),
+    )
+    .await;
+}
+
+/// Serve `router` over HTTP/1.1 on every connection `incoming` yields until
+/// `shutdown` completes; then stop accepting and let open connections
+/// finish their request. For the HTTP/JSON API (`server::http`); no `date`
+/// header, for the same reason as above.
+pub async fn serve_http1(router: axum::Router, incoming: Listener, shutdown: impl Future<Output = ()>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).auto_date_header(false);
+    accept_until(
+        incoming,
+        shutdown,
+        "an HTTP",
+        move |connection| {
+            let service = TowerToHyperService::new(router.clone());
+            builder.serve_connection(TokioIo::new(connection), service)
+        },
+        |served| served.graceful_shutdown(),
+    )
+    .await;
+}
+
+/// The accept loop both servers share: run `serve` on every connection
+/// `incoming` yields, each on its own task, until `shutdown` completes; then
+/// close the listener, ask every open connection to finish (`graceful`) and
+/// wait until all have. `kind` ("a", "an HTTP") names the connections in
+/// log lines.
+async fn accept_until<C>(
+    incoming: Listener,
+    shutdown: impl Future<Output = ()>,
+    kind: &'static str,
+    serve: impl Fn(BoxedConnection) -> C,
+    graceful: fn(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
     // Each connection task holds a receiver; `closed()` below waits for all.
     let (stop_sender, stop_receiver) = watch::channel(false);
     {
@@ -68,80 +115,31 @@ pub async fn serve(
                 next = incoming.next() => match next {
                     Some(Ok(connection)) => connection,
                     Some(Err(error)) => {
-                        tracing::debug!(%error, "accepting a connection failed");
+                        tracing::debug!(%error, "accepting {kind} connection failed");
                         continue;
                     }
                     None => break,
                 },
             };
-            let service = TowerToHyperService::new(routes.clone());
-            let served = builder.serve_connection(TokioIo::new(connection), service);
+            let served = serve(connection);
             let mut stop = stop_receiver.clone();
             tokio::spawn(async move {
                 let mut served = pin!(served);
                 tokio::select! {
                     result = served.as_mut() => {
                         if let Err(error) = result {
-                            tracing::debug!(%error, "serving a connection failed");
+                            tracing::debug!(%error, "serving {kind} connection failed");
                         }
                         return;
                     }
-                    _ = stop.wait_for(|stop| *stop) => served.as_mut().graceful_shutdown(),
+                    _ = stop.wait_for(|stop| *stop) => graceful(served.as_mut()),
                 }
                 if let Err(error) = served.await {
-                    tracing::debug!(%error, "serving a connection failed during shutdown");
+                    tracing::debug!(%error, "serving {kind} connection failed during shutdown");
                 }
             });
         }
         // `incoming` drops here: the listening socket closes before we drain.
-    }
-    drop(stop_receiver);
-    let _ = stop_sender.send(true);
-    stop_sender.closed().await;
-}
-
-/// Serve `router` over HTTP/1.1 on every connection `incoming` yields until
-/// `shutdown` completes; then stop accepting and let open connections
-/// finish their request. For the HTTP/JSON API (`server::http`); no `date`
-/// header, for the same reason as above.
-pub async fn serve_http1(router: axum::Router, incoming: Listener, shutdown: impl Future<Output = ()>) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).auto_date_header(false);
-    let (stop_sender, stop_receiver) = watch::channel(false);
-    {
-        let mut incoming = incoming;
-        let mut shutdown = pin!(shutdown);
-        loop {
-            let connection = tokio::select! {
-                _ = &mut shutdown => break,
-                next = incoming.next() => match next {
-                    Some(Ok(connection)) => connection,
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "accepting an HTTP connection failed");
-                        continue;
-                    }
-                    None => break,
-                },
-            };
-            let service = TowerToHyperService::new(router.clone());
-            let served = builder.serve_connection(TokioIo::new(connection), service);
-            let mut stop = stop_receiver.clone();
-            tokio::spawn(async move {
-                let mut served = pin!(served);
-                tokio::select! {
-                    result = served.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(%error, "serving an HTTP connection failed");
-                        }
-                        return;
-                    }
-                    _ = stop.wait_for(|stop| *stop) => served.as_mut().graceful_shutdown(),
-                }
-                if let Err(error) = served.await {
-                    tracing::debug!(%error, "serving an HTTP connection failed during shutdown");
-                }
-            });
-        }
     }
     drop(stop_receiver);
     let _ = stop_sender.send(true);

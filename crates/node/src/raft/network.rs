@@ -79,6 +79,9 @@ impl PeerPool {
 
     /// The batching queue of the peer at `address`, started on first use.
     pub fn batcher(&self, address: &str) -> Arc<PeerBatcher> {
+        if let Some(batcher) = self.batchers.lock().expect("peer pool lock poisoned").get(address) {
+            return batcher.clone();
+        }
         let client = self.client(address);
         self.batchers
             .lock()
@@ -154,11 +157,13 @@ where
     async fn new_client(&mut self, target: C::NodeId, node: &C::Node) -> Self::Network {
         let address = node.peer_address();
         let client = address.as_deref().map(|address| self.pool.client(address));
+        let batcher = address.as_deref().map(|address| self.pool.batcher(address));
         PeerConnection {
             target,
             to_member_id: target,
             address,
             client,
+            batcher,
             pool: self.pool.clone(),
             group: self.group,
             removed: self.removed.clone(),
@@ -174,6 +179,8 @@ pub struct PeerConnection<C: RaftTypeConfig> {
     to_member_id: u64,
     address: Option<String>,
     client: Option<PeerClient<Channel>>,
+    /// The peer's batching queue (append entries and votes).
+    batcher: Option<Arc<PeerBatcher>>,
     pool: Arc<PeerPool>,
     group: u64,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
@@ -207,7 +214,7 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
         E: DeserializeOwned,
     {
         let target = self.target.to_string();
-        let (Some(client), Some(address)) = (self.client.as_mut(), self.address.as_deref()) else {
+        let (Some(client), Some(batcher)) = (self.client.as_mut(), self.batcher.as_ref()) else {
             return Err(CallError::NoAddress { target });
         };
         let payload = codec::encode(request).map_err(|error| CallError::Network {
@@ -227,7 +234,6 @@ impl<C: RaftTypeConfig> PeerConnection<C> {
                 .await
                 .map(|reply| reply.map(tonic::Response::into_inner))
         } else {
-            let batcher = self.pool.batcher(address);
             tokio::time::timeout(deadline, batcher.send(message, deadline)).await
         };
         let reply = match reply {

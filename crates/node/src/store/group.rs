@@ -250,18 +250,20 @@ impl PartitionGroup {
         Ok(read_log_id.max(last_log_index))
     }
 
+    /// The peer address of `replica`'s node, from the group's membership.
+    fn peer_address_of(&self, replica: u64) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&replica)
+            .and_then(PeerAddress::peer_address)
+    }
+
     /// Ask the leader for a read index (see [`Self::read_index_for_follower`]).
     async fn remote_read_index(&self, leader: u64, deadline: Instant) -> Result<u64, GroupError> {
-        let address = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .and_then(PeerAddress::peer_address)
-        };
-        let Some(address) = address else {
+        let Some(address) = self.peer_address_of(leader) else {
             return Err(GroupError::NoLeader(self.partition));
         };
         let mut client = self.pool.client(&address);
@@ -437,16 +439,7 @@ impl PartitionGroup {
         request: &PartitionRequest,
         deadline: Instant,
     ) -> Result<PartitionResponse, GroupError> {
-        let address = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .and_then(PeerAddress::peer_address)
-        };
-        let Some(address) = address else {
+        let Some(address) = self.peer_address_of(leader) else {
             return Err(GroupError::NoLeader(self.partition));
         };
         let forwarded = ForwardedRequest {
