@@ -2,14 +2,19 @@
 //! records (member attributes), as one deterministic [`Application`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use openraft::LogId;
 use serde::{Deserialize, Serialize};
 
+use zongheng_storage::Engine;
+
 use super::command::{MetaCommand, MetaResponse};
+use super::history::FlushMark;
 use super::mvcc::Mvcc;
 use super::MetaRaftConfig;
 use crate::raft::codec::{self, CodecError};
+use crate::raft::state_machine::{FlushToken, StateFlush};
 use crate::raft::Application;
 use crate::store::shard_map::ShardMap;
 
@@ -47,6 +52,46 @@ impl Application for MetaApp {
 
     fn from_snapshot(bytes: &[u8]) -> Result<Self, CodecError> {
         codec::decode(bytes)
+    }
+
+    fn attach(&mut self, engine: Arc<dyn Engine>, group: u64) {
+        self.kv.attach(engine, group);
+    }
+
+    fn flush_wanted(&self) -> bool {
+        self.kv.history_wants_flush()
+    }
+
+    fn flush(&mut self) -> Option<StateFlush> {
+        let (batches, mark) = self.kv.history_flush();
+        if mark.is_empty() {
+            return None;
+        }
+        Some(StateFlush {
+            batches,
+            token: Box::new(mark),
+        })
+    }
+
+    fn flushed(&mut self, token: FlushToken, written: bool) {
+        let mark = *token
+            .downcast::<FlushMark>()
+            .expect("a meta flush token is a FlushMark");
+        if written {
+            self.kv.history_flushed(mark);
+        } else {
+            self.kv.history_flush_failed(mark);
+        }
+    }
+
+    /// The stored snapshot refers to superseded values in this node's engine;
+    /// a follower gets them inline.
+    fn for_transfer(stored: Vec<u8>, engine: Arc<dyn Engine>, group: u64) -> Result<Vec<u8>, std::io::Error> {
+        let mut app: MetaApp = codec::decode(&stored).map_err(std::io::Error::other)?;
+        drop(stored);
+        app.kv.attach(engine, group);
+        app.kv = app.kv.materialized().map_err(std::io::Error::other)?;
+        codec::encode(&app).map_err(std::io::Error::other)
     }
 }
 
@@ -101,12 +146,18 @@ impl MetaApp {
         result.unwrap_or_else(MetaResponse::Refused)
     }
 
-    /// A digest of the whole replicated state (FNV-1a over its snapshot
-    /// encoding, which is deterministic: maps are `BTreeMap`s). Two replicas
-    /// that applied the same log prefix have equal digests; the simulator
-    /// compares them once a cluster is quiescent.
+    /// A digest of the whole replicated state (FNV-1a over its encoding with
+    /// every value inline, old values read back from the engine; the encoding
+    /// is deterministic: maps are `BTreeMap`s). Two replicas that applied the
+    /// same log prefix have equal digests; the simulator compares them once a
+    /// cluster is quiescent, which also checks that every replica can read
+    /// every old value it lists. Panics if the engine cannot be read.
     pub fn digest(&self) -> u64 {
-        let bytes = codec::encode(self).expect("the meta state always encodes");
+        let whole = MetaApp {
+            kv: self.kv.materialized().expect("the engine answers reads of old values"),
+            ..self.clone()
+        };
+        let bytes = codec::encode(&whole).expect("the meta state always encodes");
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in bytes {
             hash ^= u64::from(byte);

@@ -32,6 +32,7 @@
 pub mod app;
 pub mod command;
 pub mod group;
+pub mod history;
 pub mod lease;
 pub mod mvcc;
 pub mod proposer;

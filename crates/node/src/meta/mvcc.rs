@@ -21,10 +21,13 @@
 //!
 //! ## Representation
 //! A `BTreeMap` from key to its history (versions in revision order, a
-//! tombstone marking each delete). This keeps the whole index and the values in
-//! memory, as etcd keeps its index in memory; a later step can move values to
-//! the engine and keep only the index here. Iteration order is the key order,
-//! so everything observable is deterministic.
+//! tombstone marking each delete). The whole index is in memory, as etcd keeps
+//! its index in memory. Each key's latest value is in memory too; once a node's
+//! engine is attached ([`Mvcc::attach`]), a value that a later version
+//! supersedes moves to the engine (`meta::history`), so old versions cost
+//! their metadata only. Without an engine (unit tests) every value stays in
+//! memory. Iteration order is the key order, so everything observable is
+//! deterministic.
 //!
 //! ## What it does not do yet
 //! ## Leases
@@ -45,6 +48,9 @@ use zongheng_proto::etcdserverpb::{
 };
 use zongheng_proto::mvccpb::event::EventType;
 use zongheng_proto::mvccpb::{Event, KeyValue};
+use zongheng_storage::{Engine, WriteBatch};
+
+use super::history::{FlushMark, HistoryValues};
 
 /// The revision of an empty store, as in etcd.
 pub const INITIAL_REVISION: i64 = 1;
@@ -75,6 +81,9 @@ pub enum MvccError {
     InvalidCompare(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// An old value could not be read from the engine.
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// One stored version of a key: `None` is a tombstone (the key was deleted at
@@ -89,8 +98,29 @@ struct Version {
 struct StoredValue {
     create_revision: i64,
     version: i64,
-    value: Vec<u8>,
+    value: Slot,
     lease: i64,
+}
+
+/// Where a version's value is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Slot {
+    /// In memory: every key's latest value, and every value while no engine
+    /// is attached.
+    Here(Vec<u8>),
+    /// Superseded and moved to the history store, under this version's
+    /// revision and key.
+    Moved,
+}
+
+impl StoredValue {
+    /// The value of a key's latest version, which is always in memory.
+    fn latest_value(&self) -> &[u8] {
+        match &self.value {
+            Slot::Here(value) => value,
+            Slot::Moved => panic!("a key's latest value is kept in memory"),
+        }
+    }
 }
 
 /// All versions of one key, oldest first. Never empty while in the map.
@@ -137,6 +167,10 @@ pub struct Mvcc {
     changes: BTreeMap<i64, Vec<Vec<u8>>>,
     /// Live leases: id -> granted TTL and the keys attached to it.
     leases: BTreeMap<i64, LeaseRecord>,
+    /// Superseded values on their way to, or in, the engine. Not part of the
+    /// snapshot: the snapshot's write makes the engine's copy durable.
+    #[serde(skip)]
+    history: HistoryValues,
 }
 
 /// A granted lease as the store knows it.
@@ -250,6 +284,99 @@ impl Mvcc {
             keys: BTreeMap::new(),
             changes: BTreeMap::new(),
             leases: BTreeMap::new(),
+            history: HistoryValues::default(),
+        }
+    }
+
+    /// Run on `engine`: from now on superseded values move there. Values
+    /// already superseded (a state restored from an older snapshot, or one
+    /// received whole from the leader) move now.
+    pub fn attach(&mut self, engine: std::sync::Arc<dyn Engine>, group: u64) {
+        self.history.attach(engine, group);
+        for (key, history) in self.keys.iter_mut() {
+            let superseded = history.versions.len().saturating_sub(1);
+            for version in &mut history.versions[..superseded] {
+                retire(&mut self.history, key, version);
+            }
+        }
+    }
+
+    /// A copy with every value in memory: what a follower receives, since it
+    /// cannot read this node's engine.
+    pub fn materialized(&self) -> Result<Mvcc, MvccError> {
+        let mut copy = Mvcc {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            keys: BTreeMap::new(),
+            changes: self.changes.clone(),
+            leases: self.leases.clone(),
+            history: HistoryValues::default(),
+        };
+        for (key, history) in &self.keys {
+            let mut versions = Vec::with_capacity(history.versions.len());
+            for version in &history.versions {
+                let kv = match &version.kv {
+                    Some(stored) => {
+                        // A value a later compaction already deleted stays
+                        // moved: the receiver answers `Compacted` for it, as
+                        // the log it applies next will make true.
+                        let value = match self.value_of(key, version.mod_revision, stored) {
+                            Ok(value) => Slot::Here(value),
+                            Err(MvccError::Compacted) => Slot::Moved,
+                            Err(error) => return Err(error),
+                        };
+                        Some(StoredValue {
+                            value,
+                            ..stored.clone()
+                        })
+                    }
+                    None => None,
+                };
+                versions.push(Version {
+                    mod_revision: version.mod_revision,
+                    kv,
+                });
+            }
+            copy.keys.insert(key.clone(), History { versions });
+        }
+        Ok(copy)
+    }
+
+    /// Whether enough superseded values wait in memory to flush them now.
+    pub fn history_wants_flush(&self) -> bool {
+        self.history.wants_flush()
+    }
+
+    /// The engine batches that write every waiting superseded value (and
+    /// delete compacted ones); report with [`Mvcc::history_flushed`] once
+    /// written.
+    pub fn history_flush(&mut self) -> (Vec<WriteBatch>, FlushMark) {
+        self.history.flush_batches()
+    }
+
+    pub fn history_flushed(&mut self, mark: FlushMark) {
+        self.history.flushed(mark);
+    }
+
+    pub fn history_flush_failed(&mut self, mark: FlushMark) {
+        self.history.flush_failed(mark);
+    }
+
+    /// Superseded values waiting in memory.
+    pub fn history_pending(&self) -> usize {
+        self.history.pending_len()
+    }
+
+    /// The value of `key`'s version at `mod_revision`, from memory or the
+    /// engine. A moved value the engine no longer has was compacted.
+    fn value_of(&self, key: &[u8], mod_revision: i64, stored: &StoredValue) -> Result<Vec<u8>, MvccError> {
+        match &stored.value {
+            Slot::Here(value) => Ok(value.clone()),
+            Slot::Moved => match self.history.get(mod_revision, key) {
+                Ok(Some(value)) => Ok(value),
+                Ok(None) => Err(MvccError::Compacted),
+                Err(error) => Err(MvccError::Storage(error.to_string())),
+            },
         }
     }
 
@@ -320,13 +447,19 @@ impl Mvcc {
                 if request.count_only {
                     continue;
                 }
+                let mod_revision = history.mod_revision_at(read_revision);
+                // Values stay until after sorting: keys-only may sort by value.
+                let value = if request.keys_only && request.sort_target != range_request::SortTarget::Value as i32 {
+                    Vec::new()
+                } else {
+                    self.value_of(key, mod_revision, stored)?
+                };
                 let kv = KeyValue {
                     key: key.clone(),
                     create_revision: stored.create_revision,
-                    mod_revision: history.mod_revision_at(read_revision),
+                    mod_revision,
                     version: stored.version,
-                    // Values stay until after sorting: keys-only may sort by value.
-                    value: stored.value.clone(),
+                    value,
                     lease: stored.lease,
                 };
                 if passes_revision_filters(request, &kv) {
@@ -456,7 +589,11 @@ impl Mvcc {
             } else {
                 position
             };
-            history.versions.drain(..keep_from);
+            for version in history.versions.drain(..keep_from) {
+                if let Some(StoredValue { value: Slot::Moved, .. }) = version.kv {
+                    self.history.forget(version.mod_revision, key);
+                }
+            }
             if history.versions.is_empty() {
                 emptied.push(key.clone());
             }
@@ -558,15 +695,21 @@ impl Mvcc {
                 };
                 let prev_kv = if with_prev_kv && position > 0 {
                     let previous = &history.versions[position - 1];
-                    previous
-                        .kv
-                        .as_ref()
-                        .map(|stored| to_key_value(key, stored, previous.mod_revision))
+                    match &previous.kv {
+                        Some(stored) => {
+                            let value = self.value_of(key, previous.mod_revision, stored)?;
+                            Some(to_key_value(key, stored, previous.mod_revision, value))
+                        }
+                        None => None,
+                    }
                 } else {
                     None
                 };
                 let (kind, kv) = match &version.kv {
-                    Some(stored) => (EventType::Put, to_key_value(key, stored, *revision)),
+                    Some(stored) => {
+                        let value = self.value_of(key, *revision, stored)?;
+                        (EventType::Put, to_key_value(key, stored, *revision, value))
+                    }
                     None => (
                         EventType::Delete,
                         KeyValue {
@@ -642,7 +785,7 @@ impl Mvcc {
                     value: Vec::new(),
                     lease: stored.lease,
                 };
-                if !compare_one(result, union, &kv, &stored.value) {
+                if !compare_one(result, union, &kv, stored.latest_value()) {
                     return Ok(false);
                 }
             }
@@ -790,35 +933,35 @@ impl Mvcc {
     /// Write one put at `revision`. Callers have validated it.
     fn apply_put(&mut self, put: &PutRequest, revision: i64) -> PutResponse {
         let history = self.keys.entry(put.key.clone()).or_default();
-        let previous = history
-            .latest()
-            .map(|(stored, mod_revision)| (stored.clone(), mod_revision));
-        let (create_revision, version) = match &previous {
+        let previous = history.latest();
+        let (create_revision, version) = match previous {
             Some((stored, _)) => (stored.create_revision, stored.version + 1),
             None => (revision, 1),
         };
         let value = if put.ignore_value {
             previous
-                .as_ref()
-                .map(|(stored, _)| stored.value.clone())
+                .map(|(stored, _)| stored.latest_value().to_vec())
                 .unwrap_or_default()
         } else {
             put.value.clone()
         };
         let lease = if put.ignore_lease {
-            previous.as_ref().map(|(stored, _)| stored.lease).unwrap_or(0)
+            previous.map(|(stored, _)| stored.lease).unwrap_or(0)
         } else {
             put.lease
         };
         let prev_kv = if put.prev_kv {
-            previous
-                .as_ref()
-                .map(|(stored, mod_revision)| to_key_value(&put.key, stored, *mod_revision))
+            previous.map(|(stored, mod_revision)| {
+                to_key_value(&put.key, stored, mod_revision, stored.latest_value().to_vec())
+            })
         } else {
             None
         };
+        let previous_lease = previous.map(|(stored, _)| stored.lease).unwrap_or(0);
+        if let Some(latest) = history.versions.last_mut() {
+            retire(&mut self.history, &put.key, latest);
+        }
         self.changes.entry(revision).or_default().push(put.key.clone());
-        let previous_lease = previous.as_ref().map(|(stored, _)| stored.lease).unwrap_or(0);
         if previous_lease != lease {
             if let Some(record) = self.leases.get_mut(&previous_lease) {
                 record.keys.remove(&put.key);
@@ -832,7 +975,7 @@ impl Mvcc {
             kv: Some(StoredValue {
                 create_revision,
                 version,
-                value,
+                value: Slot::Here(value),
                 lease,
             }),
         });
@@ -851,12 +994,15 @@ impl Mvcc {
                     continue;
                 };
                 if delete.prev_kv {
-                    prev_kvs.push(to_key_value(key, stored, mod_revision));
+                    prev_kvs.push(to_key_value(key, stored, mod_revision, stored.latest_value().to_vec()));
                 }
                 deleted += 1;
                 changed_keys.push(key.clone());
                 if stored.lease != 0 {
                     detached.push((stored.lease, key.clone()));
+                }
+                if let Some(latest) = history.versions.last_mut() {
+                    retire(&mut self.history, key, latest);
                 }
                 history.versions.push(Version {
                     mod_revision: revision,
@@ -880,14 +1026,27 @@ impl Mvcc {
     }
 }
 
-fn to_key_value(key: &[u8], stored: &StoredValue, mod_revision: i64) -> KeyValue {
+fn to_key_value(key: &[u8], stored: &StoredValue, mod_revision: i64, value: Vec<u8>) -> KeyValue {
     KeyValue {
         key: key.to_vec(),
         create_revision: stored.create_revision,
         mod_revision,
         version: stored.version,
-        value: stored.value.clone(),
+        value,
         lease: stored.lease,
+    }
+}
+
+/// Move a superseded version's value out of memory, if the history store
+/// takes it.
+fn retire(history_values: &mut HistoryValues, key: &[u8], version: &mut Version) {
+    let Some(stored) = &mut version.kv else { return };
+    let Slot::Here(value) = &stored.value else { return };
+    if !history_values.takes(key, value) {
+        return;
+    }
+    if let Slot::Here(value) = std::mem::replace(&mut stored.value, Slot::Moved) {
+        history_values.retire(version.mod_revision, key, value);
     }
 }
 
@@ -1065,6 +1224,156 @@ mod tests {
             key: key.into(),
             ..Default::default()
         }
+    }
+
+    fn attached() -> (Mvcc, std::sync::Arc<zongheng_storage::MemEngine>) {
+        let engine = std::sync::Arc::new(zongheng_storage::MemEngine::new());
+        let mut store = Mvcc::new();
+        store.attach(engine.clone(), 0);
+        (store, engine)
+    }
+
+    fn flush(store: &mut Mvcc, engine: &zongheng_storage::MemEngine) -> usize {
+        let (batches, mark) = store.history_flush();
+        let count = batches.iter().map(WriteBatch::len).sum();
+        for batch in batches {
+            engine.write(batch, zongheng_storage::Durability::Buffered).unwrap();
+        }
+        store.history_flushed(mark);
+        count
+    }
+
+    /// Whatever a store answers, the same store with every value in memory
+    /// answers too.
+    fn same_answers(attached: &Mvcc, in_memory: &Mvcc, keys: &[&str]) {
+        for revision in attached.compact_revision().max(1)..=attached.revision() {
+            for key in keys {
+                assert_eq!(
+                    get_at(attached, key, revision),
+                    get_at(in_memory, key, revision),
+                    "{key}@{revision}"
+                );
+            }
+            let all = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                revision,
+                ..Default::default()
+            };
+            assert_eq!(attached.range(&all), in_memory.range(&all));
+        }
+        let everything = KeyRange::new(&[0], &[0]);
+        let from = attached.compact_revision().max(1);
+        assert_eq!(
+            attached.events(&everything, from, attached.revision(), usize::MAX, true),
+            in_memory.events(&everything, from, attached.revision(), usize::MAX, true)
+        );
+    }
+
+    #[test]
+    fn superseded_values_leave_memory_and_read_back_from_the_engine() {
+        let (mut store, engine) = attached();
+        let mut plain = Mvcc::new();
+        let writes = |store: &mut Mvcc| {
+            store.put(&put("a", "1")).unwrap();
+            store.put(&put("a", "2")).unwrap();
+            store.put(&put("b", "x")).unwrap();
+            store
+                .put(&PutRequest {
+                    key: "a".into(),
+                    ignore_value: true,
+                    prev_kv: true,
+                    ..Default::default()
+                })
+                .unwrap();
+            store.delete_range(&delete("b")).unwrap();
+            store.put(&put("b", "y")).unwrap();
+        };
+        writes(&mut store);
+        writes(&mut plain);
+        // "a" at 2 and 3, "b" at 4: superseded and moved; the latest stay.
+        assert_eq!(store.history_pending(), 3);
+        same_answers(&store, &plain, &["a", "b"]);
+        assert_eq!(flush(&mut store, &engine), 3);
+        assert_eq!(store.history_pending(), 0);
+        same_answers(&store, &plain, &["a", "b"]);
+        // A snapshot holds no moved value; the engine does.
+        let restored: Mvcc = crate::raft::codec::decode(&crate::raft::codec::encode(&store).unwrap()).unwrap();
+        let mut restored = restored;
+        restored.attach(engine.clone(), 0);
+        same_answers(&restored, &plain, &["a", "b"]);
+        // What a follower gets has every value inline, and answers alike
+        // without any engine.
+        let whole = store.materialized().unwrap();
+        same_answers(&whole, &plain, &["a", "b"]);
+    }
+
+    #[test]
+    fn compaction_deletes_moved_values_from_the_engine() {
+        let (mut store, engine) = attached();
+        for value in ["1", "2", "3", "4"] {
+            store.put(&put("a", value)).unwrap(); // revs 2..=5
+        }
+        // Two moved values reach the engine, one stays pending.
+        flush(&mut store, &engine);
+        store.put(&put("a", "5")).unwrap(); // rev 6; rev 5 pending
+        assert_eq!(store.history_pending(), 1);
+        store
+            .compact(&CompactionRequest {
+                revision: 6,
+                physical: false,
+            })
+            .unwrap();
+        // The pending one is dropped; the flushed ones are deleted by the next flush.
+        assert_eq!(store.history_pending(), 0);
+        assert_eq!(flush(&mut store, &engine), 3);
+        let (start, end) = (
+            super::super::history::engine_key(0, 0, b""),
+            super::super::history::engine_key(0, i64::MAX, b""),
+        );
+        assert!(engine.scan(&start, Some(&end), 100).unwrap().is_empty());
+        assert_eq!(get(&store, "a").unwrap().value, b"5");
+    }
+
+    #[test]
+    fn a_value_the_engine_lost_reads_as_compacted() {
+        let (mut store, engine) = attached();
+        store.put(&put("a", "1")).unwrap();
+        store.put(&put("a", "2")).unwrap();
+        flush(&mut store, &engine);
+        let mut batch = WriteBatch::new();
+        batch.delete(super::super::history::engine_key(0, 2, b"a"));
+        engine.write(batch, zongheng_storage::Durability::Sync).unwrap();
+        assert_eq!(get_at(&store, "a", 2), Err(MvccError::Compacted));
+        assert_eq!(get(&store, "a").unwrap().value, b"2");
+        // Materializing keeps it moved instead of failing.
+        let whole = store.materialized().unwrap();
+        assert_eq!(get_at(&whole, "a", 2), Err(MvccError::Compacted));
+    }
+
+    #[test]
+    fn attaching_moves_values_already_superseded() {
+        let mut plain = Mvcc::new();
+        for value in ["1", "2", "3"] {
+            plain.put(&put("a", value)).unwrap();
+        }
+        let engine = std::sync::Arc::new(zongheng_storage::MemEngine::new());
+        let mut store = plain.clone();
+        store.attach(engine.clone(), 0);
+        assert_eq!(store.history_pending(), 2);
+        flush(&mut store, &engine);
+        same_answers(&store, &plain, &["a"]);
+    }
+
+    #[test]
+    fn pending_values_ask_for_a_flush_at_their_limit() {
+        let (mut store, _engine) = attached();
+        store.put(&put("a", "0")).unwrap();
+        for i in 0..super::super::history::HISTORY_PENDING_VALUES_MAX {
+            assert!(!store.history_wants_flush(), "after {i}");
+            store.put(&put("a", &i.to_string())).unwrap();
+        }
+        assert!(store.history_wants_flush());
     }
 
     #[test]

@@ -14,6 +14,13 @@
 //! behind it can be purged). On restart the store loads the snapshot, and
 //! openraft re-applies the committed log after it.
 //!
+//! An application may keep part of its state in the engine instead of memory
+//! (the `meta` store's superseded values). It writes that part with
+//! `Durability::Buffered`, when it asks to ([`Application::flush_wanted`], after
+//! applying) and whenever a snapshot is built: the snapshot's `Sync` write then
+//! makes it durable, so a snapshot never depends on a value that a crash could
+//! lose, and the log after the snapshot rewrites the rest.
+//!
 //! ## Determinism
 //! `apply` must not read clocks, randomness or local configuration. A command
 //! that cannot be applied is answered with an error response, the same on
@@ -60,6 +67,38 @@ pub trait Application: Default + Send + Sync + 'static {
 
     /// Rebuild from [`Application::to_snapshot`] bytes.
     fn from_snapshot(bytes: &[u8]) -> Result<Self, codec::CodecError>;
+
+    /// Run on this node's `engine` from now on (called after open, restore
+    /// and install). The application may move state there.
+    fn attach(&mut self, _engine: Arc<dyn Engine>, _group: u64) {}
+
+    /// Whether enough state waits in memory that it should be written now.
+    fn flush_wanted(&self) -> bool {
+        false
+    }
+
+    /// The engine writes of everything waiting; `None` if nothing waits.
+    fn flush(&mut self) -> Option<StateFlush> {
+        None
+    }
+
+    /// The batches of a [`StateFlush`] were written (`written`) or failed.
+    fn flushed(&mut self, _token: FlushToken, _written: bool) {}
+
+    /// The bytes a follower installs for the stored snapshot `stored`: the
+    /// stored bytes plus whatever of the state lives in this node's engine.
+    fn for_transfer(stored: Vec<u8>, _engine: Arc<dyn Engine>, _group: u64) -> Result<Vec<u8>, std::io::Error> {
+        Ok(stored)
+    }
+}
+
+/// What [`Application::flush`] hands back to [`Application::flushed`].
+pub type FlushToken = Box<dyn std::any::Any + Send + Sync>;
+
+/// Engine writes an application kept in memory, to write `Durability::Buffered`.
+pub struct StateFlush {
+    pub batches: Vec<WriteBatch>,
+    pub token: FlushToken,
 }
 
 type NodeIdOf<A> = <<A as Application>::Config as RaftTypeConfig>::NodeId;
@@ -123,6 +162,12 @@ where
             applied.last_applied = meta.last_log_id.clone();
             applied.last_membership = meta.last_membership.clone();
         }
+        store
+            .shared
+            .write()
+            .expect("state machine lock poisoned")
+            .app
+            .attach(store.engine.clone(), group);
         Ok(store)
     }
 
@@ -212,6 +257,37 @@ where
     }
 }
 
+/// Write what the application flushed, `Durability::Buffered`, and tell it
+/// how that went.
+fn write_flush<A: Application>(
+    shared: &Shared<A>,
+    engine: &dyn Engine,
+    flush: Option<StateFlush>,
+) -> Result<(), StorageError<NodeIdOf<A>>> {
+    let Some(StateFlush { batches, token }) = flush else {
+        return Ok(());
+    };
+    let result = write_buffered::<A>(engine, batches);
+    shared
+        .write()
+        .expect("state machine lock poisoned")
+        .app
+        .flushed(token, result.is_ok());
+    result
+}
+
+fn write_buffered<A: Application>(
+    engine: &dyn Engine,
+    batches: Vec<WriteBatch>,
+) -> Result<(), StorageError<NodeIdOf<A>>> {
+    for batch in batches {
+        engine
+            .write(batch, Durability::Buffered)
+            .map_err(|error| StorageIOError::write_state_machine(&error))?;
+    }
+    Ok(())
+}
+
 /// Give memory freed by a snapshot's copies back to the operating system.
 /// A snapshot encodes the whole state and copies it into chunks; glibc's
 /// allocator keeps such large freed blocks in its arenas, so without this a
@@ -246,6 +322,11 @@ where
                 .map_err(|error| StorageIOError::read_state_machine(&error))?;
             (data, applied.last_applied.clone(), applied.last_membership.clone())
         };
+        // Whatever the state keeps for the engine goes out before the
+        // snapshot's synced write, which makes it durable. Taken after the
+        // encoding, so it covers everything the snapshot refers to.
+        let flush = self.shared.write().expect("state machine lock poisoned").app.flush();
+        write_flush(&self.shared, &*self.engine, flush)?;
         let snapshot_id = match &last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, data.len()),
             None => format!("empty-{}", data.len()),
@@ -303,6 +384,11 @@ where
             };
             responses.push(response);
         }
+        if applied.app.flush_wanted() {
+            let flush = applied.app.flush();
+            drop(applied);
+            write_flush(&self.shared, &*self.engine, flush)?;
+        }
         Ok(responses)
     }
 
@@ -324,12 +410,25 @@ where
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeIdOf<A>>> {
         let data = snapshot.into_inner();
-        let app =
-            A::from_snapshot(&data).map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
-        // Durable first: once installed, openraft may purge the log behind it.
-        Self::write_snapshot(&*self.engine, self.group, meta, &data)?;
         let bytes = data.len();
+        let mut app =
+            A::from_snapshot(&data).map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
         drop(data);
+        // The received state holds everything in memory; on this node part
+        // of it may live in the engine. Stored the same way a local snapshot
+        // is: the engine's part first, then the snapshot, synced.
+        app.attach(self.engine.clone(), self.group);
+        let stored = app
+            .to_snapshot()
+            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        if let Some(StateFlush { batches, token }) = app.flush() {
+            let written = write_buffered::<A>(&*self.engine, batches);
+            app.flushed(token, written.is_ok());
+            written?;
+        }
+        // Durable first: once installed, openraft may purge the log behind it.
+        Self::write_snapshot(&*self.engine, self.group, meta, &stored)?;
+        drop(stored);
         let mut applied = self.shared.write().expect("state machine lock poisoned");
         applied.app = app;
         applied.last_applied = meta.last_log_id.clone();
@@ -346,7 +445,12 @@ where
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<A::Config>>, StorageError<NodeIdOf<A>>> {
-        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot {
+        let Some((meta, stored)) = self.read_snapshot()? else {
+            return Ok(None);
+        };
+        let data = A::for_transfer(stored, self.engine.clone(), self.group)
+            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))

@@ -124,6 +124,11 @@ impl From<MvccError> for Status {
                 format!("etcdserver: invalid request: {detail}"),
                 "ZH_INVALID_REQUEST",
             ),
+            MvccError::Storage(detail) => status(
+                Code::Internal,
+                format!("zongheng: cannot read an old value from the data directory: {detail}"),
+                "ZH_STORAGE",
+            ),
         }
     }
 }

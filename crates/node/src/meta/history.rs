@@ -1,0 +1,230 @@
+//! Superseded values of the meta store, kept in the engine instead of memory.
+//!
+//! etcd keeps its key index in memory and every version's value on disk. The
+//! [`Mvcc`](super::mvcc::Mvcc) keeps each key's latest value in memory (writes,
+//! compares and most reads need it) and, once a node's engine is attached,
+//! moves every value a later version supersedes out of memory: first into
+//! `pending`, then into the engine under
+//! `Key::StateMachine { group, key: b'h' ++ revision ++ user key }`. What stays
+//! in memory per historical version is its metadata (revisions, version,
+//! lease), not its value.
+//!
+//! ## Durability without an fsync per write
+//! The Raft log already holds every applied write, so history values are
+//! written with `Durability::Buffered` and made durable by the next snapshot,
+//! whose `Sync` write makes every earlier buffered batch durable (see
+//! `raft::state_machine`). After a crash, re-applying the log after the
+//! snapshot supersedes the same versions again and moves the same values:
+//! a history value is named by its revision and key, and that pair has one
+//! value on every replica, so writing it twice is harmless.
+//!
+//! ## Compaction
+//! A compacted version's value is removed from `pending`, or queued as an
+//! engine delete that goes out with the next flush. Until then the engine holds
+//! more than the index needs, never less. A read that finds no value for a
+//! version the index still lists (possible only between a restart from an older
+//! snapshot and the re-application of a compaction already flushed) answers
+//! `Compacted`, which is what the cluster has decided for that revision.
+//!
+//! ## Limits
+//! `pending` holds at most [`HISTORY_PENDING_VALUES_MAX`] values or
+//! [`HISTORY_PENDING_BYTES_MAX`] bytes before the state machine flushes it, and
+//! a flush writes it in engine batches of at most [`HISTORY_FLUSH_OPS_MAX`] puts
+//! and deletes and [`HISTORY_FLUSH_BYTES_MAX`] bytes (below the engine's batch
+//! limits).
+//! Keys longer than [`HISTORY_KEY_BYTES_MAX`] keep their values in memory (the
+//! engine's key limit is smaller than etcd's).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use zongheng_storage::{Engine, Key, StorageError, WriteBatch, KEY_SIZE_BYTES_MAX};
+
+/// Superseded values waiting in memory before a flush forces one.
+pub const HISTORY_PENDING_VALUES_MAX: usize = 8_192;
+/// Bytes of superseded values waiting in memory before a flush forces one.
+pub const HISTORY_PENDING_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Puts and deletes in one engine batch of a flush.
+pub const HISTORY_FLUSH_OPS_MAX: usize = 16_384;
+/// Value bytes in one engine batch of a flush (the engine allows 128 MiB).
+pub const HISTORY_FLUSH_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// The longest user key whose values move to the engine: the engine key adds
+/// a tag, the group, a marker and the revision.
+pub const HISTORY_KEY_BYTES_MAX: usize = KEY_SIZE_BYTES_MAX - 32;
+
+/// Marks a history value among the group's `StateMachine` keys.
+const HISTORY_MARKER: u8 = b'h';
+
+/// The engine key of the value `key` had at `revision`.
+pub fn engine_key(group: u64, revision: i64, key: &[u8]) -> Vec<u8> {
+    let mut inner = Vec::with_capacity(1 + 8 + key.len());
+    inner.push(HISTORY_MARKER);
+    inner.extend_from_slice(&(revision as u64).to_be_bytes());
+    inner.extend_from_slice(key);
+    Key::StateMachine { group, key: inner }.encode()
+}
+
+/// What one flush took, so that [`HistoryValues::flushed`] forgets exactly that.
+#[derive(Debug, Default)]
+pub struct FlushMark {
+    puts: Vec<(i64, Vec<u8>)>,
+    deletes: Vec<(i64, Vec<u8>)>,
+}
+
+impl FlushMark {
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// The node's engine and the values on their way to it.
+#[derive(Clone, Default)]
+pub struct HistoryValues {
+    engine: Option<(Arc<dyn Engine>, u64)>,
+    /// (revision, key) -> value, not yet in the engine.
+    pending: BTreeMap<(i64, Vec<u8>), Vec<u8>>,
+    pending_bytes: usize,
+    /// (revision, key) whose value compaction dropped, to delete from the engine.
+    deletes: BTreeSet<(i64, Vec<u8>)>,
+    /// Flushes that took values from `pending` and have not reported back: a
+    /// value compacted meanwhile may reach the engine, so it is deleted too.
+    flushes_in_flight: u32,
+}
+
+impl std::fmt::Debug for HistoryValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryValues")
+            .field("attached", &self.engine.is_some())
+            .field("pending", &self.pending.len())
+            .field("pending_bytes", &self.pending_bytes)
+            .field("deletes", &self.deletes.len())
+            .finish()
+    }
+}
+
+/// Two stores are equal whatever their engines: what is pending is compared.
+impl PartialEq for HistoryValues {
+    fn eq(&self, other: &Self) -> bool {
+        self.pending == other.pending && self.deletes == other.deletes
+    }
+}
+
+impl Eq for HistoryValues {}
+
+impl HistoryValues {
+    pub fn attach(&mut self, engine: Arc<dyn Engine>, group: u64) {
+        self.engine = Some((engine, group));
+    }
+
+    /// Whether a superseded value of `key` leaves memory.
+    pub fn takes(&self, key: &[u8], value: &[u8]) -> bool {
+        self.engine.is_some() && !value.is_empty() && key.len() <= HISTORY_KEY_BYTES_MAX
+    }
+
+    /// Keep the value `key` had at `revision`, now superseded.
+    pub fn retire(&mut self, revision: i64, key: &[u8], value: Vec<u8>) {
+        self.pending_bytes += value.len();
+        self.pending.insert((revision, key.to_vec()), value);
+    }
+
+    /// The value `key` had at `revision`; `None` if neither memory nor the
+    /// engine has it (compacted).
+    pub fn get(&self, revision: i64, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(value) = self.pending.get(&(revision, key.to_vec())) {
+            return Ok(Some(value.clone()));
+        }
+        match &self.engine {
+            Some((engine, group)) => engine.get(&engine_key(*group, revision, key)),
+            None => Ok(None),
+        }
+    }
+
+    /// Compaction dropped the version of `key` at `revision`.
+    pub fn forget(&mut self, revision: i64, key: &[u8]) {
+        let entry = (revision, key.to_vec());
+        match self.pending.remove(&entry) {
+            Some(value) => {
+                self.pending_bytes -= value.len();
+                if self.flushes_in_flight > 0 {
+                    self.deletes.insert(entry);
+                }
+            }
+            None => {
+                self.deletes.insert(entry);
+            }
+        }
+    }
+
+    /// Whether enough is waiting that the state machine should flush now.
+    pub fn wants_flush(&self) -> bool {
+        self.pending.len() >= HISTORY_PENDING_VALUES_MAX
+            || self.pending_bytes >= HISTORY_PENDING_BYTES_MAX
+            || self.deletes.len() >= HISTORY_PENDING_VALUES_MAX
+    }
+
+    /// Everything waiting, as engine batches of at most
+    /// [`HISTORY_FLUSH_OPS_MAX`] puts and deletes each. The values stay
+    /// readable from memory until [`Self::flushed`].
+    pub fn flush_batches(&mut self) -> (Vec<WriteBatch>, FlushMark) {
+        let mut mark = FlushMark::default();
+        let mut batches = Vec::new();
+        let Some((_, group)) = &self.engine else {
+            return (batches, mark);
+        };
+        let group = *group;
+        let mut batch = WriteBatch::new();
+        let (mut ops, mut bytes) = (0, 0);
+        let mut count = |batch: &mut WriteBatch, added: usize| {
+            ops += 1;
+            bytes += added;
+            if ops == HISTORY_FLUSH_OPS_MAX || bytes >= HISTORY_FLUSH_BYTES_MAX {
+                batches.push(std::mem::take(batch));
+                (ops, bytes) = (0, 0);
+            }
+        };
+        for (revision, key) in &self.deletes {
+            batch.delete(engine_key(group, *revision, key));
+            mark.deletes.push((*revision, key.clone()));
+            count(&mut batch, key.len());
+        }
+        for ((revision, key), value) in &self.pending {
+            batch.put(engine_key(group, *revision, key), value.clone());
+            mark.puts.push((*revision, key.clone()));
+            count(&mut batch, key.len() + value.len());
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        if !mark.is_empty() {
+            self.flushes_in_flight += 1;
+        }
+        (batches, mark)
+    }
+
+    /// The batch of `mark` is in the engine: forget what it carried.
+    pub fn flushed(&mut self, mark: FlushMark) {
+        if mark.is_empty() {
+            return;
+        }
+        for entry in &mark.deletes {
+            self.deletes.remove(entry);
+        }
+        for entry in mark.puts {
+            if let Some(value) = self.pending.remove(&entry) {
+                self.pending_bytes -= value.len();
+            }
+        }
+        self.flushes_in_flight -= 1;
+    }
+
+    /// The flush of `mark` failed: keep everything for the next one.
+    pub fn flush_failed(&mut self, mark: FlushMark) {
+        if !mark.is_empty() {
+            self.flushes_in_flight -= 1;
+        }
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
