@@ -433,7 +433,7 @@ impl NodeConfig {
                 heartbeat_ms,
                 election_timeout_ms: election_ms,
                 snapshot_count,
-                snapshot_catchup_entries: (snapshot_count / 2).max(5),
+                snapshot_catchup_entries: (snapshot_count / 2).clamp(5, 5_000),
             },
             limits,
             store_partitions,

@@ -27,8 +27,10 @@
 //! `Compacted`, which is what the cluster has decided for that revision.
 //!
 //! ## Limits
-//! `pending` holds at most [`HISTORY_PENDING_VALUES_MAX`] values or
-//! [`HISTORY_PENDING_BYTES_MAX`] bytes before the state machine flushes it, and
+//! `pending` holds [`HISTORY_PENDING_VALUES_MAX`] values or
+//! [`HISTORY_PENDING_BYTES_MAX`] bytes before the state machine flushes it in
+//! the background (it grows while that flush runs, by what is applied
+//! meanwhile), and
 //! a flush writes it in engine batches of at most [`HISTORY_FLUSH_OPS_MAX`] puts
 //! and deletes and [`HISTORY_FLUSH_BYTES_MAX`] bytes (below the engine's batch
 //! limits).
@@ -41,9 +43,9 @@ use std::sync::Arc;
 use zongheng_storage::{Engine, Key, StorageError, WriteBatch, KEY_SIZE_BYTES_MAX};
 
 /// Superseded values waiting in memory before a flush forces one.
-pub const HISTORY_PENDING_VALUES_MAX: usize = 8_192;
+pub const HISTORY_PENDING_VALUES_MAX: usize = 1_024;
 /// Bytes of superseded values waiting in memory before a flush forces one.
-pub const HISTORY_PENDING_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const HISTORY_PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Puts and deletes in one engine batch of a flush.
 pub const HISTORY_FLUSH_OPS_MAX: usize = 16_384;
 /// Value bytes in one engine batch of a flush (the engine allows 128 MiB).

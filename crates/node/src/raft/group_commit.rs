@@ -207,13 +207,7 @@ async fn flush(engine: Arc<dyn Engine>, mut receiver: mpsc::Receiver<Pending>, c
 
 /// One synced engine write, off the async scheduler where there is one.
 fn write_blocking(engine: &dyn Engine, batch: WriteBatch) -> Result<(), StorageError> {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
-        tokio::task::block_in_place(|| engine.write(batch, Durability::Sync))
-    } else {
-        engine.write(batch, Durability::Sync)
-    }
+    super::off_runtime(|| engine.write(batch, Durability::Sync))
 }
 
 #[cfg(test)]

@@ -85,9 +85,27 @@ impl Default for RaftSettings {
         Self {
             heartbeat_ms: 100,
             election_timeout_ms: 1000,
-            snapshot_count: 10_000,
+            // etcd 3.4's defaults (--snapshot-count, and the entries it keeps
+            // behind a snapshot). A snapshot encodes the whole in-memory
+            // index, so building one is not free.
+            snapshot_count: 100_000,
             snapshot_catchup_entries: 5_000,
         }
+    }
+}
+
+/// Run blocking work (an engine write, encoding a snapshot) without holding
+/// up the runtime's other tasks: on a multi-threaded runtime they move to
+/// another worker first (`block_in_place`); on the current-thread runtime of
+/// a simulated host the work runs in place, which keeps the simulation
+/// deterministic (its in-memory engine does not block).
+pub(crate) fn off_runtime<R>(work: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 

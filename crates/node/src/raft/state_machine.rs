@@ -140,6 +140,9 @@ pub struct StateMachineStore<A: Application> {
     shared: Shared<A>,
     engine: Arc<dyn Engine>,
     group: u64,
+    /// A flush asked for by the application runs in the background; at most
+    /// one at a time.
+    flushing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<A: Application> StateMachineStore<A>
@@ -153,6 +156,7 @@ where
             shared: Arc::new(RwLock::new(Applied::default())),
             engine,
             group,
+            flushing: Arc::default(),
         };
         if let Some((meta, data)) = store.read_snapshot()? {
             let app = A::from_snapshot(&data)
@@ -314,19 +318,21 @@ where
     A::Config: RaftTypeConfig<Entry = Entry<A::Config>, SnapshotData = Cursor<Vec<u8>>>,
 {
     async fn build_snapshot(&mut self) -> Result<Snapshot<A::Config>, StorageError<NodeIdOf<A>>> {
-        let (data, last_applied, last_membership) = {
+        let started = std::time::Instant::now();
+        let (data, last_applied, last_membership) = super::off_runtime(|| {
             let applied = self.shared.read().expect("state machine lock poisoned");
             let data = applied
                 .app
                 .to_snapshot()
                 .map_err(|error| StorageIOError::read_state_machine(&error))?;
-            (data, applied.last_applied.clone(), applied.last_membership.clone())
-        };
+            Ok::<_, StorageError<NodeIdOf<A>>>((data, applied.last_applied.clone(), applied.last_membership.clone()))
+        })?;
+        let encoded = started.elapsed();
         // Whatever the state keeps for the engine goes out before the
         // snapshot's synced write, which makes it durable. Taken after the
         // encoding, so it covers everything the snapshot refers to.
         let flush = self.shared.write().expect("state machine lock poisoned").app.flush();
-        write_flush(&self.shared, &*self.engine, flush)?;
+        super::off_runtime(|| write_flush(&self.shared, &*self.engine, flush))?;
         let snapshot_id = match &last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, data.len()),
             None => format!("empty-{}", data.len()),
@@ -336,8 +342,16 @@ where
             last_membership,
             snapshot_id,
         };
-        StateMachineStore::<A>::write_snapshot(&*self.engine, self.group, &meta, &data)?;
+        super::off_runtime(|| StateMachineStore::<A>::write_snapshot(&*self.engine, self.group, &meta, &data))?;
         release_freed_memory();
+        tracing::info!(
+            group = self.group,
+            snapshot = meta.snapshot_id,
+            bytes = data.len(),
+            encode_ms = encoded.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "built a snapshot"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -384,10 +398,25 @@ where
             };
             responses.push(response);
         }
-        if applied.app.flush_wanted() {
+        // Written in the background: the engine write waits for the
+        // engine's writer (often busy with a log fsync), and applying must not.
+        // Until written, the values stay readable from memory; an error leaves
+        // them for the next flush, and the snapshot's own flush reports it.
+        if applied.app.flush_wanted() && !self.flushing.swap(true, std::sync::atomic::Ordering::AcqRel) {
             let flush = applied.app.flush();
             drop(applied);
-            write_flush(&self.shared, &*self.engine, flush)?;
+            let (shared, engine, flushing, group) = (
+                self.shared.clone(),
+                self.engine.clone(),
+                self.flushing.clone(),
+                self.group,
+            );
+            tokio::spawn(async move {
+                if let Err(error) = super::off_runtime(|| write_flush(&shared, &*engine, flush)) {
+                    tracing::warn!(group, %error, "cannot write state to the engine; will retry");
+                }
+                flushing.store(false, std::sync::atomic::Ordering::Release);
+            });
         }
         Ok(responses)
     }
