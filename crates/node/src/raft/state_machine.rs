@@ -477,7 +477,8 @@ where
         let Some((meta, stored)) = self.read_snapshot()? else {
             return Ok(None);
         };
-        let data = A::for_transfer(stored, self.engine.clone(), self.group)
+        // Reads every old value back from the engine: off the runtime's workers.
+        let data = super::off_runtime(|| A::for_transfer(stored, self.engine.clone(), self.group))
             .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
         Ok(Some(Snapshot {
             meta,
