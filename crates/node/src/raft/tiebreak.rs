@@ -15,9 +15,7 @@
 //! from `[election_timeout, 2 * election_timeout)`, openraft's own range, and
 //! if the node is still a candidate of the same term with no leader, it
 //! starts the next election at once; whichever of this delay and openraft's
-//! fixed timeout ends first starts the next term, and a term that ends
-//! during the delay ends the wait, so the next term's delay is drawn from its
-//! own start. Two tied candidates draw
+//! fixed timeout ends first starts the next term. Two tied candidates draw
 //! different delays, so sooner or later one asks for votes while the other
 //! still waits, and gets them. The delay is never shorter than openraft's
 //! range: a candidate that campaigned faster than the others' timeouts would
@@ -53,29 +51,14 @@ pub async fn run<C: RaftTypeConfig>(raft: Raft<C>, election_timeout: Duration, m
         if state == ServerState::Candidate && leader.is_none() && handled_term != Some(term) {
             handled_term = Some(term);
             let delay = Duration::from_millis(SeededRuntime::thread_rng().gen_range(floor_ms..ceiling_ms));
-            // Stop waiting as soon as this term ends: when openraft's own
-            // timer starts the next term first, that term's delay must be
-            // drawn from its start, or every later delay starts late and
-            // openraft's fixed (and tied) timer always fires first.
-            let deadline = tokio::time::Instant::now() + delay;
-            let tied = |metrics: &watch::Receiver<openraft::RaftMetrics<C::NodeId, C::Node>>| {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let still_tied = {
                 let now = metrics.borrow();
                 now.state == ServerState::Candidate && now.current_term == term && now.current_leader.is_none()
             };
-            let mut still_tied = true;
-            while still_tied {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    changed = metrics.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        still_tied = tied(&metrics);
-                    }
-                    _ = shutdown.wait_for(|stop| *stop) => return,
-                }
-            }
-            let still_tied = still_tied && tied(&metrics);
             if still_tied {
                 tracing::debug!(
                     term,
