@@ -30,6 +30,7 @@
 //! way to bound it.
 
 pub mod app;
+pub mod changes;
 pub mod command;
 pub mod group;
 pub mod history;

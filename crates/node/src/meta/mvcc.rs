@@ -50,6 +50,7 @@ use zongheng_proto::mvccpb::event::EventType;
 use zongheng_proto::mvccpb::{Event, KeyValue};
 use zongheng_storage::{Engine, WriteBatch};
 
+use super::changes::ChangeLog;
 use super::history::{FlushMark, HistoryValues};
 
 /// The revision of an empty store, as in etcd.
@@ -164,7 +165,7 @@ pub struct Mvcc {
     /// The keys each revision changed, in the order the write applied them
     /// (etcd's sub-revision order): the index watchers replay events from.
     /// Pruned with compaction, like the versions it points to.
-    changes: BTreeMap<i64, Vec<Vec<u8>>>,
+    changes: ChangeLog,
     /// Live leases: id -> granted TTL and the keys attached to it.
     leases: BTreeMap<i64, LeaseRecord>,
     /// Superseded values on their way to, or in, the engine. Not part of the
@@ -282,7 +283,7 @@ impl Mvcc {
             revision: INITIAL_REVISION,
             compact_revision: 0,
             keys: BTreeMap::new(),
-            changes: BTreeMap::new(),
+            changes: ChangeLog::new(),
             leases: BTreeMap::new(),
             history: HistoryValues::default(),
         }
@@ -603,7 +604,7 @@ impl Mvcc {
         }
         self.compact_revision = target;
         // Events below the compaction revision can no longer be replayed.
-        self.changes = self.changes.split_off(&target);
+        self.changes.retain_from(target);
         Ok(CompactionResponse { header: self.header() })
     }
 
@@ -681,7 +682,7 @@ impl Mvcc {
         if from > to {
             return Ok((events, to));
         }
-        for (revision, keys) in self.changes.range(from..=to) {
+        for (revision, keys) in self.changes.range(from, to) {
             for key in keys {
                 if !range.contains(key) {
                     continue;
@@ -689,8 +690,8 @@ impl Mvcc {
                 let Some(history) = self.keys.get(key) else { continue };
                 let position = history
                     .versions
-                    .partition_point(|version| version.mod_revision < *revision);
-                let Some(version) = history.versions.get(position).filter(|v| v.mod_revision == *revision) else {
+                    .partition_point(|version| version.mod_revision < revision);
+                let Some(version) = history.versions.get(position).filter(|v| v.mod_revision == revision) else {
                     continue;
                 };
                 let prev_kv = if with_prev_kv && position > 0 {
@@ -707,14 +708,14 @@ impl Mvcc {
                 };
                 let (kind, kv) = match &version.kv {
                     Some(stored) => {
-                        let value = self.value_of(key, *revision, stored)?;
-                        (EventType::Put, to_key_value(key, stored, *revision, value))
+                        let value = self.value_of(key, revision, stored)?;
+                        (EventType::Put, to_key_value(key, stored, revision, value))
                     }
                     None => (
                         EventType::Delete,
                         KeyValue {
-                            key: key.clone(),
-                            mod_revision: *revision,
+                            key: key.to_vec(),
+                            mod_revision: revision,
                             ..Default::default()
                         },
                     ),
@@ -726,7 +727,7 @@ impl Mvcc {
                 });
             }
             if events.len() >= limit {
-                return Ok((events, *revision));
+                return Ok((events, revision));
             }
         }
         Ok((events, to))
@@ -961,7 +962,7 @@ impl Mvcc {
         if let Some(latest) = history.versions.last_mut() {
             retire(&mut self.history, &put.key, latest);
         }
-        self.changes.entry(revision).or_default().push(put.key.clone());
+        self.changes.push(revision, &put.key);
         if previous_lease != lease {
             if let Some(record) = self.leases.get_mut(&previous_lease) {
                 record.keys.remove(&put.key);
@@ -1011,7 +1012,7 @@ impl Mvcc {
             }
         }
         if !changed_keys.is_empty() {
-            self.changes.entry(revision).or_default().extend(changed_keys);
+            self.changes.extend(revision, changed_keys.iter().map(Vec::as_slice));
         }
         for (lease, key) in detached {
             if let Some(record) = self.leases.get_mut(&lease) {
