@@ -23,9 +23,12 @@ const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("zongheng_kv")
 /// Memory redb may use to cache pages of the file, in bytes. redb's default is 1 GiB;
 /// a node runs one engine and keeps its working set (recent log entries read back
 /// for replication, the current snapshot) far smaller: the state machines keep their
-/// state in memory. Measured: 256 MiB and 32 MiB give the same put throughput, and
-/// 32 MiB bounds what the cache adds to a node's resident memory.
-pub const REDB_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// indexes in memory, and pages read less often come from the OS page cache, which
+/// etcd's bbolt relies on as well. Measured: 256 MiB and 32 MiB gave the same put
+/// throughput; 8 MiB gave the same put and read throughput as 32 MiB and 17 to 24 MB
+/// less resident memory per member
+/// (`bench/results/2026-12-06-9c744c7-proposals-in-flight.md`).
+pub const REDB_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// An [`Engine`] on one redb file.
 ///
