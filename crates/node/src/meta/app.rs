@@ -84,7 +84,7 @@ impl Application for MetaApp {
         }
     }
 
-    /// The stored snapshot refers to superseded values in this node's engine;
+    /// The stored snapshot refers to values in this node's engine;
     /// a follower gets them inline.
     fn for_transfer(stored: Vec<u8>, engine: Arc<dyn Engine>, group: u64) -> Result<Vec<u8>, std::io::Error> {
         let mut app: MetaApp = codec::decode(&stored).map_err(std::io::Error::other)?;

@@ -1,22 +1,24 @@
-//! Superseded values of the meta store, kept in the engine instead of memory.
+//! The values of the meta store, kept in the engine instead of memory.
 //!
-//! etcd keeps its key index in memory and every version's value on disk. The
-//! [`Mvcc`](super::mvcc::Mvcc) keeps each key's latest value in memory (writes,
-//! compares and most reads need it) and, once a node's engine is attached,
-//! moves every value a later version supersedes out of memory: first into
-//! `pending`, then into the engine under
+//! etcd keeps its key index in memory and every version's value on disk, and
+//! so does the [`Mvcc`](super::mvcc::Mvcc) once a node's engine is attached:
+//! each put's value goes first into `pending`, then into the engine under
 //! `Key::StateMachine { group, key: b'h' ++ revision ++ user key }`. What stays
-//! in memory per historical version is its metadata (revisions, version,
-//! lease), not its value.
+//! in memory per version is its metadata (revisions, version, lease), not its
+//! value. A value is named by the revision that wrote it and its key, and
+//! never changes; a later version of the key only makes it old. Reads of
+//! current values (a range, a compare on a value, `prev_kv`) find it in
+//! `pending` or in the engine, whose page cache keeps the often-read ones in
+//! memory.
 //!
 //! ## Durability without an fsync per write
 //! The Raft log already holds every applied write, so history values are
 //! written with `Durability::Buffered` and made durable by the next snapshot,
 //! whose `Sync` write makes every earlier buffered batch durable (see
 //! `raft::state_machine`). After a crash, re-applying the log after the
-//! snapshot supersedes the same versions again and moves the same values:
-//! a history value is named by its revision and key, and that pair has one
-//! value on every replica, so writing it twice is harmless.
+//! snapshot writes the same values again: a value is named by its revision
+//! and key, and that pair has one value on every replica, so writing it twice
+//! is harmless.
 //!
 //! ## Compaction
 //! A compacted version's value is removed from `pending`, or queued as an
@@ -42,9 +44,9 @@ use std::sync::Arc;
 
 use zongheng_storage::{Engine, Key, StorageError, WriteBatch, KEY_SIZE_BYTES_MAX};
 
-/// Superseded values waiting in memory before a flush forces one.
+/// Values waiting in memory before a flush forces one.
 pub const HISTORY_PENDING_VALUES_MAX: usize = 1_024;
-/// Bytes of superseded values waiting in memory before a flush forces one.
+/// Bytes of values waiting in memory before a flush forces one.
 pub const HISTORY_PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Puts and deletes in one engine batch of a flush.
 pub const HISTORY_FLUSH_OPS_MAX: usize = 16_384;
@@ -118,13 +120,13 @@ impl HistoryValues {
         self.engine = Some((engine, group));
     }
 
-    /// Whether a superseded value of `key` leaves memory.
+    /// Whether a value of `key` leaves memory.
     pub fn takes(&self, key: &[u8], value: &[u8]) -> bool {
         self.engine.is_some() && !value.is_empty() && key.len() <= HISTORY_KEY_BYTES_MAX
     }
 
-    /// Keep the value `key` had at `revision`, now superseded.
-    pub fn retire(&mut self, revision: i64, key: &[u8], value: Vec<u8>) {
+    /// Keep the value `key` has at `revision`.
+    pub fn keep(&mut self, revision: i64, key: &[u8], value: Vec<u8>) {
         self.pending_bytes += value.len();
         self.pending.insert((revision, key.to_vec()), value);
     }
@@ -132,7 +134,13 @@ impl HistoryValues {
     /// The value `key` had at `revision`; `None` if neither memory nor the
     /// engine has it (compacted).
     pub fn get(&self, revision: i64, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if let Some(value) = self.pending.get(&(revision, key.to_vec())) {
+        // Without building a (revision, key) pair: a revision changed few keys.
+        let waiting = self
+            .pending
+            .range((revision, Vec::new())..)
+            .take_while(|((pending_revision, _), _)| *pending_revision == revision)
+            .find(|((_, pending_key), _)| pending_key.as_slice() == key);
+        if let Some((_, value)) = waiting {
             return Ok(Some(value.clone()));
         }
         match &self.engine {

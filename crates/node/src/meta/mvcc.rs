@@ -22,11 +22,11 @@
 //! ## Representation
 //! A `BTreeMap` from key to its history (versions in revision order, a
 //! tombstone marking each delete). The whole index is in memory, as etcd keeps
-//! its index in memory. Each key's latest value is in memory too; once a node's
-//! engine is attached ([`Mvcc::attach`]), a value that a later version
-//! supersedes moves to the engine (`meta::history`), so old versions cost
-//! their metadata only. Without an engine (unit tests) every value stays in
-//! memory. Iteration order is the key order, so everything observable is
+//! its index in memory. Once a node's engine is attached ([`Mvcc::attach`]),
+//! values live in the engine (`meta::history`), as etcd's live in its backend,
+//! so a version costs its metadata only; empty values and values of keys too
+//! long for the engine stay in memory. Without an engine (unit tests) every
+//! value stays in memory. Iteration order is the key order, so everything observable is
 //! deterministic.
 //!
 //! ## What it does not do yet
@@ -106,21 +106,39 @@ struct StoredValue {
 /// Where a version's value is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Slot {
-    /// In memory: every key's latest value, and every value while no engine
-    /// is attached.
+    /// In memory: every value while no engine is attached, and values the
+    /// value store does not take (empty ones, those of very long keys).
     Here(Vec<u8>),
-    /// Superseded and moved to the history store, under this version's
-    /// revision and key.
+    /// In the value store (`meta::history`), under this version's revision
+    /// and key.
     Moved,
 }
 
-impl StoredValue {
-    /// The value of a key's latest version, which is always in memory.
-    fn latest_value(&self) -> &[u8] {
-        match &self.value {
-            Slot::Here(value) => value,
-            Slot::Moved => panic!("a key's latest value is kept in memory"),
-        }
+/// The value of `key`'s version at `mod_revision`, from memory or the
+/// engine. A moved value the engine no longer has was compacted.
+fn read_value(values: &HistoryValues, key: &[u8], mod_revision: i64, stored: &StoredValue) -> Result<Vec<u8>, MvccError> {
+    match &stored.value {
+        Slot::Here(value) => Ok(value.clone()),
+        Slot::Moved => match values.get(mod_revision, key) {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(MvccError::Compacted),
+            Err(error) => Err(MvccError::Storage(error.to_string())),
+        },
+    }
+}
+
+/// The value of a key's latest version, read while applying a write (a
+/// compare, `prev_kv`, `ignore_value`). Every replica must apply the same
+/// entry the same way, so a replica whose engine cannot read a current value
+/// stops instead of answering differently from the others (etcd panics on
+/// such a backend error too). A latest version is never compacted, so its
+/// value is always in memory or the engine.
+fn current_value(values: &HistoryValues, key: &[u8], mod_revision: i64, stored: &StoredValue) -> Vec<u8> {
+    match read_value(values, key, mod_revision, stored) {
+        Ok(value) => value,
+        Err(error) => panic!(
+            "cannot read the current value of a key at revision {mod_revision} while applying a write: {error}"
+        ),
     }
 }
 
@@ -168,7 +186,7 @@ pub struct Mvcc {
     changes: ChangeLog,
     /// Live leases: id -> granted TTL and the keys attached to it.
     leases: BTreeMap<i64, LeaseRecord>,
-    /// Superseded values on their way to, or in, the engine. Not part of the
+    /// Values on their way to, or in, the engine. Not part of the
     /// snapshot: the snapshot's write makes the engine's copy durable.
     #[serde(skip)]
     history: HistoryValues,
@@ -289,14 +307,13 @@ impl Mvcc {
         }
     }
 
-    /// Run on `engine`: from now on superseded values move there. Values
-    /// already superseded (a state restored from an older snapshot, or one
+    /// Run on `engine`: from now on values move there. Values already in
+    /// memory (a state restored from an older snapshot, or one
     /// received whole from the leader) move now.
     pub fn attach(&mut self, engine: std::sync::Arc<dyn Engine>, group: u64) {
         self.history.attach(engine, group);
         for (key, history) in self.keys.iter_mut() {
-            let superseded = history.versions.len().saturating_sub(1);
-            for version in &mut history.versions[..superseded] {
+            for version in &mut history.versions {
                 retire(&mut self.history, key, version);
             }
         }
@@ -343,12 +360,12 @@ impl Mvcc {
         Ok(copy)
     }
 
-    /// Whether enough superseded values wait in memory to flush them now.
+    /// Whether enough values wait in memory to flush them now.
     pub fn history_wants_flush(&self) -> bool {
         self.history.wants_flush()
     }
 
-    /// The engine batches that write every waiting superseded value (and
+    /// The engine batches that write every waiting value (and
     /// delete compacted ones); report with [`Mvcc::history_flushed`] once
     /// written.
     pub fn history_flush(&mut self) -> (Vec<WriteBatch>, FlushMark) {
@@ -363,7 +380,7 @@ impl Mvcc {
         self.history.flush_failed(mark);
     }
 
-    /// Superseded values waiting in memory.
+    /// Values waiting in memory for the engine.
     pub fn history_pending(&self) -> usize {
         self.history.pending_len()
     }
@@ -371,14 +388,7 @@ impl Mvcc {
     /// The value of `key`'s version at `mod_revision`, from memory or the
     /// engine. A moved value the engine no longer has was compacted.
     fn value_of(&self, key: &[u8], mod_revision: i64, stored: &StoredValue) -> Result<Vec<u8>, MvccError> {
-        match &stored.value {
-            Slot::Here(value) => Ok(value.clone()),
-            Slot::Moved => match self.history.get(mod_revision, key) {
-                Ok(Some(value)) => Ok(value),
-                Ok(None) => Err(MvccError::Compacted),
-                Err(error) => Err(MvccError::Storage(error.to_string())),
-            },
-        }
+        read_value(&self.history, key, mod_revision, stored)
     }
 
     /// The current revision (the revision of the last change).
@@ -786,7 +796,11 @@ impl Mvcc {
                     value: Vec::new(),
                     lease: stored.lease,
                 };
-                if !compare_one(result, union, &kv, stored.latest_value()) {
+                let value = match union {
+                    compare::TargetUnion::Value(_) => current_value(&self.history, key, mod_revision, stored),
+                    _ => Vec::new(),
+                };
+                if !compare_one(result, union, &kv, &value) {
                     return Ok(false);
                 }
             }
@@ -941,7 +955,7 @@ impl Mvcc {
         };
         let value = if put.ignore_value {
             previous
-                .map(|(stored, _)| stored.latest_value().to_vec())
+                .map(|(stored, mod_revision)| current_value(&self.history, &put.key, mod_revision, stored))
                 .unwrap_or_default()
         } else {
             put.value.clone()
@@ -953,7 +967,8 @@ impl Mvcc {
         };
         let prev_kv = if put.prev_kv {
             previous.map(|(stored, mod_revision)| {
-                to_key_value(&put.key, stored, mod_revision, stored.latest_value().to_vec())
+                let value = current_value(&self.history, &put.key, mod_revision, stored);
+                to_key_value(&put.key, stored, mod_revision, value)
             })
         } else {
             None
@@ -971,12 +986,18 @@ impl Mvcc {
                 record.keys.insert(put.key.clone());
             }
         }
+        let value = if self.history.takes(&put.key, &value) {
+            self.history.keep(revision, &put.key, value);
+            Slot::Moved
+        } else {
+            Slot::Here(value)
+        };
         history.versions.push(Version {
             mod_revision: revision,
             kv: Some(StoredValue {
                 create_revision,
                 version,
-                value: Slot::Here(value),
+                value,
                 lease,
             }),
         });
@@ -995,7 +1016,8 @@ impl Mvcc {
                     continue;
                 };
                 if delete.prev_kv {
-                    prev_kvs.push(to_key_value(key, stored, mod_revision, stored.latest_value().to_vec()));
+                    let value = current_value(&self.history, key, mod_revision, stored);
+                    prev_kvs.push(to_key_value(key, stored, mod_revision, value));
                 }
                 deleted += 1;
                 changed_keys.push(key.clone());
@@ -1038,8 +1060,7 @@ fn to_key_value(key: &[u8], stored: &StoredValue, mod_revision: i64, value: Vec<
     }
 }
 
-/// Move a superseded version's value out of memory, if the history store
-/// takes it.
+/// Move a version's value out of memory, if the value store takes it.
 fn retire(history_values: &mut HistoryValues, key: &[u8], version: &mut Version) {
     let Some(stored) = &mut version.kv else { return };
     let Slot::Here(value) = &stored.value else { return };
@@ -1047,7 +1068,7 @@ fn retire(history_values: &mut HistoryValues, key: &[u8], version: &mut Version)
         return;
     }
     if let Slot::Here(value) = std::mem::replace(&mut stored.value, Slot::Moved) {
-        history_values.retire(version.mod_revision, key, value);
+        history_values.keep(version.mod_revision, key, value);
     }
 }
 
@@ -1272,7 +1293,7 @@ mod tests {
     }
 
     #[test]
-    fn superseded_values_leave_memory_and_read_back_from_the_engine() {
+    fn values_leave_memory_and_read_back_from_the_engine() {
         let (mut store, engine) = attached();
         let mut plain = Mvcc::new();
         let writes = |store: &mut Mvcc| {
@@ -1292,12 +1313,54 @@ mod tests {
         };
         writes(&mut store);
         writes(&mut plain);
-        // "a" at 2 and 3, "b" at 4: superseded and moved; the latest stay.
-        assert_eq!(store.history_pending(), 3);
+        // Every put's value moved: "a" at 2, 3 and 5, "b" at 4 and 7 (the
+        // delete at 6 has none). `ignore_value` and `prev_kv` above read a
+        // pending value.
+        assert_eq!(store.history_pending(), 5);
         same_answers(&store, &plain, &["a", "b"]);
-        assert_eq!(flush(&mut store, &engine), 3);
+        assert_eq!(flush(&mut store, &engine), 5);
         assert_eq!(store.history_pending(), 0);
         same_answers(&store, &plain, &["a", "b"]);
+        // Writes that read current values (a compare on a value, `prev_kv`,
+        // `ignore_value`, a delete's `prev_kv`) read them from the engine and
+        // answer as the all-in-memory store does.
+        let reads = |store: &mut Mvcc| {
+            let compare = TxnRequest {
+                compare: vec![Compare {
+                    key: b"b".to_vec(),
+                    target: compare::CompareTarget::Value as i32,
+                    result: compare::CompareResult::Equal as i32,
+                    target_union: Some(compare::TargetUnion::Value(b"y".to_vec())),
+                    ..Default::default()
+                }],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(put("c", "z"))),
+                }],
+                ..Default::default()
+            };
+            let txn = store.txn(&compare).unwrap();
+            let kept = store
+                .put(&PutRequest {
+                    key: "a".into(),
+                    ignore_value: true,
+                    prev_kv: true,
+                    ..Default::default()
+                })
+                .unwrap();
+            let deleted = store
+                .delete_range(&DeleteRangeRequest {
+                    key: b"b".to_vec(),
+                    prev_kv: true,
+                    ..Default::default()
+                })
+                .unwrap();
+            (txn, kept, deleted)
+        };
+        let answered = reads(&mut store);
+        assert!(answered.0.succeeded, "the value compare held");
+        assert_eq!(answered, reads(&mut plain));
+        same_answers(&store, &plain, &["a", "b", "c"]);
+        flush(&mut store, &engine);
         // A snapshot holds no moved value; the engine does.
         let restored: Mvcc = crate::raft::codec::decode(&crate::raft::codec::encode(&store).unwrap()).unwrap();
         let mut restored = restored;
@@ -1312,27 +1375,31 @@ mod tests {
     #[test]
     fn compaction_deletes_moved_values_from_the_engine() {
         let (mut store, engine) = attached();
-        for value in ["1", "2", "3", "4"] {
-            store.put(&put("a", value)).unwrap(); // revs 2..=5
+        for value in ["1", "2", "3"] {
+            store.put(&put("a", value)).unwrap(); // revs 2..=4
         }
-        // Two moved values reach the engine, one stays pending.
+        // Three values reach the engine, two more stay pending.
         flush(&mut store, &engine);
-        store.put(&put("a", "5")).unwrap(); // rev 6; rev 5 pending
-        assert_eq!(store.history_pending(), 1);
+        store.put(&put("a", "4")).unwrap(); // rev 5
+        store.put(&put("a", "5")).unwrap(); // rev 6, the latest
+        assert_eq!(store.history_pending(), 2);
         store
             .compact(&CompactionRequest {
                 revision: 6,
                 physical: false,
             })
             .unwrap();
-        // The pending one is dropped; the flushed ones are deleted by the next flush.
-        assert_eq!(store.history_pending(), 0);
-        assert_eq!(flush(&mut store, &engine), 3);
+        // The pending superseded one is dropped; the flushed ones are deleted
+        // by the next flush, which also writes the latest value.
+        assert_eq!(store.history_pending(), 1);
+        assert_eq!(flush(&mut store, &engine), 4);
         let (start, end) = (
             super::super::history::engine_key(0, 0, b""),
             super::super::history::engine_key(0, i64::MAX, b""),
         );
-        assert!(engine.scan(&start, Some(&end), 100).unwrap().is_empty());
+        let left = engine.scan(&start, Some(&end), 100).unwrap();
+        assert_eq!(left.len(), 1, "only the latest value stays");
+        assert_eq!(left[0].0, super::super::history::engine_key(0, 6, b"a"));
         assert_eq!(get(&store, "a").unwrap().value, b"5");
     }
 
@@ -1353,7 +1420,7 @@ mod tests {
     }
 
     #[test]
-    fn attaching_moves_values_already_superseded() {
+    fn attaching_moves_every_value() {
         let mut plain = Mvcc::new();
         for value in ["1", "2", "3"] {
             plain.put(&put("a", value)).unwrap();
@@ -1361,7 +1428,7 @@ mod tests {
         let engine = std::sync::Arc::new(zongheng_storage::MemEngine::new());
         let mut store = plain.clone();
         store.attach(engine.clone(), 0);
-        assert_eq!(store.history_pending(), 2);
+        assert_eq!(store.history_pending(), 3);
         flush(&mut store, &engine);
         same_answers(&store, &plain, &["a"]);
     }
@@ -1369,7 +1436,6 @@ mod tests {
     #[test]
     fn pending_values_ask_for_a_flush_at_their_limit() {
         let (mut store, _engine) = attached();
-        store.put(&put("a", "0")).unwrap();
         for i in 0..super::super::history::HISTORY_PENDING_VALUES_MAX {
             assert!(!store.history_wants_flush(), "after {i}");
             store.put(&put("a", &i.to_string())).unwrap();

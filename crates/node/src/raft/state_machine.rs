@@ -15,7 +15,7 @@
 //! openraft re-applies the committed log after it.
 //!
 //! An application may keep part of its state in the engine instead of memory
-//! (the `meta` store's superseded values). It writes that part with
+//! (the `meta` store's values). It writes that part with
 //! `Durability::Buffered`, when it asks to ([`Application::flush_wanted`], after
 //! applying) and whenever a snapshot is built: the snapshot's `Sync` write then
 //! makes it durable, so a snapshot never depends on a value that a crash could
