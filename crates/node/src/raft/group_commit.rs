@@ -17,10 +17,12 @@
 //! queues up and goes together in the next one, so a node with many busy
 //! partitions pays one fsync per round rather than one per group (TiKV's
 //! raftstore batches its groups' appends into one RocksDB write the same
-//! way). Because an append does not wait, openraft sends the entries to the
-//! followers while the leader's own fsync runs: the two fsyncs of a write
-//! overlap, as etcd's do (Raft thesis 10.2.1), instead of following each
-//! other.
+//! way). An append does not wait for its fsync, so that the entries could go
+//! to the followers while the leader's own fsync runs (Raft thesis 10.2.1, as
+//! etcd does); openraft 0.9 does not use that yet: its core awaits the flush
+//! callback before it wakes the replication tasks (`RaftCore::append_to_log`),
+//! so a write's two fsyncs still follow each other
+//! (`bench/results/2026-12-06-ade70ba-put-seq-latency-breakdown.md`).
 //!
 //! What a writer is told is exactly what a direct synced write would tell
 //! it: `Ok` only once its batch (or, for a flush, everything it wrote

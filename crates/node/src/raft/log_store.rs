@@ -11,8 +11,9 @@
 //!   [`GroupCommit`] flusher to call openraft's `LogFlushed` callback once
 //!   the next shared fsync has made them durable; `save_vote` is a synced
 //!   write through the same flusher. So a node never acknowledges an entry
-//!   or grants a vote it could forget, while the leader's fsync overlaps its
-//!   followers' (see `group_commit`).
+//!   or grants a vote it could forget, and the appends of all groups share
+//!   fsyncs (see `group_commit`, also for why openraft 0.9 still waits for
+//!   the leader's fsync before replicating).
 //! - `truncate` is also synced: a conflicting suffix must not come back.
 //! - `save_committed` is buffered: it becomes durable with the next synced
 //!   write (the next append), so after a crash the committed index can come
@@ -245,9 +246,9 @@ where
             .encode();
             batch.put(key, Self::encode(&entry)?);
         }
-        // Visible at once (openraft's replication reads the entries back to
-        // send them to followers while this node's fsync runs); acknowledged
-        // to openraft only once the group-commit flusher made them durable.
+        // Visible at once (a replication task may read them back as soon as
+        // openraft lets it); acknowledged to openraft only once the
+        // group-commit flusher made them durable.
         if let Err(error) = self.engine.write(batch, Durability::Buffered) {
             callback.log_io_completed(Err(io::Error::other(error.to_string())));
             return Err(StorageIOError::write_logs(&error).into());
