@@ -69,10 +69,7 @@ impl ChangeLog {
                 self.ends.push_back(self.start);
             }
             Some(last) => {
-                assert!(
-                    revision >= last,
-                    "revision {revision} recorded after revision {last}"
-                );
+                assert!(revision >= last, "revision {revision} recorded after revision {last}");
                 let end = self.end();
                 for _ in last..revision {
                     self.ends.push_back(end);
@@ -105,7 +102,12 @@ impl ChangeLog {
             (end > start).then(|| {
                 let from = (start - self.base) as usize;
                 let to = (end - self.base) as usize;
-                (revision, Keys { bytes: &self.bytes[from..to] })
+                (
+                    revision,
+                    Keys {
+                        bytes: &self.bytes[from..to],
+                    },
+                )
             })
         })
     }
@@ -292,7 +294,10 @@ mod tests {
 
     impl Lcg {
         fn below(&mut self, bound: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (self.0 >> 33) % bound
         }
     }
@@ -316,7 +321,11 @@ mod tests {
                     // several, of lengths up to past one length byte.
                     let keys = if random.below(8) == 0 { 1 + random.below(4) } else { 1 };
                     for index in 0..keys {
-                        let length = if random.below(50) == 0 { 130 + random.below(300) } else { random.below(24) };
+                        let length = if random.below(50) == 0 {
+                            130 + random.below(300)
+                        } else {
+                            random.below(24)
+                        };
                         let key: Vec<u8> = (0..length).map(|byte| (byte + step + index) as u8).collect();
                         log.push(revision, &key);
                         model.entry(revision).or_default().push(key);
@@ -335,7 +344,11 @@ mod tests {
         // Dead bytes are given back: the buffer holds at most about twice what
         // is retained.
         let live: usize = model.values().flatten().map(|key| key.len() + 2).sum();
-        assert!(log.bytes.len() <= 2 * live + 4096, "{} bytes for {live} live", log.bytes.len());
+        assert!(
+            log.bytes.len() <= 2 * live + 4096,
+            "{} bytes for {live} live",
+            log.bytes.len()
+        );
     }
 
     #[test]

@@ -116,7 +116,12 @@ enum Slot {
 
 /// The value of `key`'s version at `mod_revision`, from memory or the
 /// engine. A moved value the engine no longer has was compacted.
-fn read_value(values: &HistoryValues, key: &[u8], mod_revision: i64, stored: &StoredValue) -> Result<Vec<u8>, MvccError> {
+fn read_value(
+    values: &HistoryValues,
+    key: &[u8],
+    mod_revision: i64,
+    stored: &StoredValue,
+) -> Result<Vec<u8>, MvccError> {
     match &stored.value {
         Slot::Here(value) => Ok(value.clone()),
         Slot::Moved => match values.get(mod_revision, key) {
@@ -136,9 +141,9 @@ fn read_value(values: &HistoryValues, key: &[u8], mod_revision: i64, stored: &St
 fn current_value(values: &HistoryValues, key: &[u8], mod_revision: i64, stored: &StoredValue) -> Vec<u8> {
     match read_value(values, key, mod_revision, stored) {
         Ok(value) => value,
-        Err(error) => panic!(
-            "cannot read the current value of a key at revision {mod_revision} while applying a write: {error}"
-        ),
+        Err(error) => {
+            panic!("cannot read the current value of a key at revision {mod_revision} while applying a write: {error}")
+        }
     }
 }
 
