@@ -139,11 +139,6 @@ impl ChangeLog {
     pub fn revisions(&self) -> usize {
         self.ends.len()
     }
-
-    /// Heap bytes held, about.
-    pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + self.ends.capacity() * std::mem::size_of::<u64>()
-    }
 }
 
 /// The keys one revision changed.

@@ -1223,6 +1223,17 @@ mod tests {
         }
     }
 
+    /// A put of `key` that keeps its current value and returns the previous
+    /// version: both read the current value.
+    fn rewrite_keeping_value(key: &str) -> PutRequest {
+        PutRequest {
+            key: key.into(),
+            ignore_value: true,
+            prev_kv: true,
+            ..Default::default()
+        }
+    }
+
     fn get(store: &Mvcc, key: &str) -> Option<KeyValue> {
         let request = RangeRequest {
             key: key.into(),
@@ -1305,14 +1316,7 @@ mod tests {
             store.put(&put("a", "1")).unwrap();
             store.put(&put("a", "2")).unwrap();
             store.put(&put("b", "x")).unwrap();
-            store
-                .put(&PutRequest {
-                    key: "a".into(),
-                    ignore_value: true,
-                    prev_kv: true,
-                    ..Default::default()
-                })
-                .unwrap();
+            store.put(&rewrite_keeping_value("a")).unwrap();
             store.delete_range(&delete("b")).unwrap();
             store.put(&put("b", "y")).unwrap();
         };
@@ -1344,14 +1348,7 @@ mod tests {
                 ..Default::default()
             };
             let txn = store.txn(&compare).unwrap();
-            let kept = store
-                .put(&PutRequest {
-                    key: "a".into(),
-                    ignore_value: true,
-                    prev_kv: true,
-                    ..Default::default()
-                })
-                .unwrap();
+            let kept = store.put(&rewrite_keeping_value("a")).unwrap();
             let deleted = store
                 .delete_range(&DeleteRangeRequest {
                     key: b"b".to_vec(),
