@@ -95,6 +95,11 @@ pub struct NodeArgs {
     /// Most replica moves under way at once, cluster-wide.
     #[arg(long, env = "ZONGHENG_STORE_MOVES_MAX")]
     pub store_moves_max: Option<u32>,
+    /// Threads running the node's async work (default: one per core, as
+    /// Go's GOMAXPROCS for etcd). Nodes sharing a machine can split its cores
+    /// between them.
+    #[arg(long, env = "ZONGHENG_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 /// Data-store partitions of a new cluster unless `--store-partitions` says
@@ -117,6 +122,14 @@ pub const STORE_DEAD_AFTER_MS_MIN: u64 = 1_000;
 pub const STORE_MOVES_MAX_DEFAULT: u32 = 4;
 /// Largest `--store-moves-max`.
 pub const STORE_MOVES_MAX_LIMIT: u32 = 64;
+/// Largest `--worker-threads`.
+pub const WORKER_THREADS_MAX: usize = 256;
+
+/// One worker thread per core the process may use (tokio's own default), or
+/// one if that cannot be told.
+pub fn worker_threads_default() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
 
 /// How this node takes part in the data store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +182,8 @@ pub struct NodeConfig {
     /// P, the data store's partition count (0: no data store).
     pub store_partitions: u32,
     pub store: StoreSettings,
+    /// Threads of the node's async runtime (`--worker-threads`).
+    pub worker_threads: usize,
 }
 
 /// What is wrong with a configuration, and what to change.
@@ -282,6 +297,7 @@ impl NodeArgs {
             zone: self.zone.or(lower.zone),
             store_dead_after_ms: self.store_dead_after_ms.or(lower.store_dead_after_ms),
             store_moves_max: self.store_moves_max.or(lower.store_moves_max),
+            worker_threads: self.worker_threads.or(lower.worker_threads),
         }
     }
 }
@@ -416,6 +432,21 @@ impl NodeConfig {
                 max: u64::from(zongheng_algo::PARTITIONS_MAX),
             });
         }
+        let worker_threads = args.worker_threads.unwrap_or_else(worker_threads_default);
+        if worker_threads < 1 {
+            return Err(ConfigError::TooSmall {
+                flag: "worker-threads",
+                value: 0,
+                min: 1,
+            });
+        }
+        if worker_threads > WORKER_THREADS_MAX {
+            return Err(ConfigError::TooLarge {
+                flag: "worker-threads",
+                value: worker_threads as u64,
+                max: WORKER_THREADS_MAX as u64,
+            });
+        }
         Ok(NodeConfig {
             name,
             data_dir,
@@ -438,6 +469,7 @@ impl NodeConfig {
             limits,
             store_partitions,
             store,
+            worker_threads,
         })
     }
 }
@@ -554,6 +586,27 @@ mod tests {
         assert!(error.to_string().contains("`new` or `existing`"), "{error}");
         let error = parse_initial_cluster("n1").unwrap_err();
         assert!(error.to_string().contains("no `=`"), "{error}");
+        for (threads, expected) in [(0, "at least 1"), (WORKER_THREADS_MAX + 1, "at most 256")] {
+            let error = NodeConfig::from_args(NodeArgs {
+                worker_threads: Some(threads),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cores_and_follow_the_flag() {
+        let config = NodeConfig::from_args(NodeArgs::default()).unwrap();
+        assert_eq!(config.worker_threads, worker_threads_default());
+        assert!(config.worker_threads >= 1);
+        let config = NodeConfig::from_args(NodeArgs {
+            worker_threads: Some(3),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.worker_threads, 3);
     }
 
     #[test]

@@ -21,20 +21,43 @@ fn init_tracing(level: Option<&str>) {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // A node's configuration names how many threads its runtime gets, so it
+    // is read (and checked) before the runtime is built.
+    let mut node_config = None;
+    let mut workers = None;
+    if let Command::Node(node) = &cli.command {
+        if node.action.is_none() {
+            match NodeConfig::load(node.args.clone()) {
+                Ok(config) => {
+                    workers = Some(config.worker_threads);
+                    node_config = Some(config);
+                }
+                Err(error) => {
+                    eprintln!("Error: {error:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("zongheng")
         .build()
         .expect("cannot start the tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Node(node) => match node.action {
-                Some(NodeAction::Drain(args)) => zongheng::cli::store::run_drain(args, false).await,
-                Some(NodeAction::Undrain(args)) => zongheng::cli::store::run_drain(args, true).await,
-                None => {
+            Command::Node(node) => match (node.action, node_config) {
+                (Some(NodeAction::Drain(args)), _) => zongheng::cli::store::run_drain(args, false).await,
+                (Some(NodeAction::Undrain(args)), _) => zongheng::cli::store::run_drain(args, true).await,
+                (None, Some(config)) => {
                     init_tracing(cli.log_level.as_deref());
-                    run_node(node.args).await
+                    run_node(config).await
                 }
+                (None, None) => unreachable!("a node's configuration is loaded above"),
             },
             Command::Dev(args) => {
                 init_tracing(cli.log_level.as_deref().or(Some("warn")));
@@ -59,8 +82,7 @@ fn main() {
     }
 }
 
-async fn run_node(args: zongheng::config::NodeArgs) -> anyhow::Result<()> {
-    let config = NodeConfig::load(args)?;
+async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| anyhow::anyhow!("cannot create --data-dir {}: {error}", config.data_dir.display()))?;
     let engine = zongheng_storage::RedbEngine::open(config.data_dir.join("zongheng.redb"))?;

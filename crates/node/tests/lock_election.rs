@@ -94,6 +94,7 @@ impl Cluster {
                 limits: ClientLimits::default(),
                 store_partitions: 0,
                 store: Default::default(),
+                worker_threads: 1,
             });
             let started = futures::future::join_all(
                 configs.map(|config| start(config, Arc::new(TcpTransport), Arc::new(MemEngine::new()))),

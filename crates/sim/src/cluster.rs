@@ -515,6 +515,8 @@ fn node_config(options: &SimOptions, hosts: &[String], name: &str) -> NodeConfig
         limits: ClientLimits::default(),
         store_partitions: options.store_partitions,
         store: options.store.clone(),
+        // A simulated host runs on the simulator's one thread.
+        worker_threads: 1,
     }
 }
 
