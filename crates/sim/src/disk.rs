@@ -78,6 +78,10 @@ impl Engine for AuditedEngine {
         self.inner.get(key)
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.inner.get_many(keys)
+    }
+
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         self.inner.scan(start, end, limit)
     }

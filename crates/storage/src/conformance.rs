@@ -21,7 +21,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::engine::{Durability, Engine, KeyValue};
 use crate::keys::Key;
-use crate::limits::{BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_BYTES_MAX};
+use crate::limits::{
+    BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, GET_MANY_KEYS_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_BYTES_MAX,
+};
 use crate::{StorageError, WriteBatch};
 
 type Pairs = Vec<KeyValue>;
@@ -35,7 +37,7 @@ struct Check<E> {
 /// Runs every named check, each on a fresh engine from `make`, and panics naming
 /// every check that failed (after running all of them).
 pub fn run_all<E: Engine>(make: impl Fn() -> E) {
-    let checks: [Check<E>; 16] = [
+    let checks: [Check<E>; 17] = [
         Check {
             name: "get_put_delete",
             run: get_put_delete::<E>,
@@ -99,6 +101,10 @@ pub fn run_all<E: Engine>(make: impl Fn() -> E) {
         Check {
             name: "empty_batches",
             run: empty_batches::<E>,
+        },
+        Check {
+            name: "get_many_matches_get",
+            run: get_many_matches_get::<E>,
         },
     ];
     let mut failed = Vec::new();
@@ -254,6 +260,38 @@ fn get_put_delete<E: Engine>(engine: &E) {
     assert_eq!(engine.get(b"k").unwrap(), None);
     delete(engine, b"never-written", Durability::Sync);
     assert_eq!(all(engine), Vec::new());
+}
+
+fn get_many_matches_get<E: Engine>(engine: &E) {
+    assert_eq!(engine.get_many(&[]).unwrap(), Vec::<Option<Vec<u8>>>::new());
+    put(engine, b"a", b"1", Durability::Sync);
+    put(engine, b"c", b"", Durability::Sync);
+    put(engine, b"d", b"4", Durability::Buffered);
+    let keys: Vec<Vec<u8>> = [&b"d"[..], b"a", b"b", b"c", b"a", b""]
+        .iter()
+        .map(|key| key.to_vec())
+        .collect();
+    let each: Vec<Option<Vec<u8>>> = keys.iter().map(|key| engine.get(key).unwrap()).collect();
+    assert_eq!(
+        engine.get_many(&keys).unwrap(),
+        each,
+        "in the keys' order, duplicates and all"
+    );
+    assert_eq!(
+        each,
+        vec![
+            Some(b"4".to_vec()),
+            Some(b"1".to_vec()),
+            None,
+            Some(Vec::new()),
+            Some(b"1".to_vec()),
+            None
+        ]
+    );
+    let too_many = vec![b"a".to_vec(); GET_MANY_KEYS_MAX + 1];
+    assert_limit(engine.get_many(&too_many), "GET_MANY_KEYS_MAX");
+    let with_long_key = vec![b"a".to_vec(), vec![b'k'; KEY_SIZE_BYTES_MAX + 1]];
+    assert_limit(engine.get_many(&with_long_key), "KEY_SIZE_BYTES_MAX");
 }
 
 fn overwrite<E: Engine>(engine: &E) {

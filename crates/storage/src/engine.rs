@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::batch::{check_bound, WriteBatch};
+use crate::batch::{check_bound, check_key, WriteBatch};
 use crate::error::StorageError;
-use crate::limits::SCAN_LIMIT_MAX;
+use crate::limits::{GET_MANY_KEYS_MAX, SCAN_LIMIT_MAX};
 
 /// A key and its value, as scans return them.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -37,6 +37,15 @@ pub trait Engine: Send + Sync + 'static {
     /// [`KEY_SIZE_BYTES_MAX`](crate::KEY_SIZE_BYTES_MAX) is refused (it cannot be present).
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// The values of `keys`, in their order (`None` where a key is absent), all read
+    /// from one view of the engine: a batch written meanwhile shows in all of them or
+    /// in none. One read transaction instead of one per key, for callers that read
+    /// many values at once (a range read). More than
+    /// [`GET_MANY_KEYS_MAX`](crate::GET_MANY_KEYS_MAX) keys, or a key longer than
+    /// [`KEY_SIZE_BYTES_MAX`](crate::KEY_SIZE_BYTES_MAX), is refused with
+    /// [`StorageError::Limit`].
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
+
     /// Pairs with keys in `[start, end)` (`end: None` means no upper bound), in
     /// ascending key order, at most `limit` of them. An empty or inverted range returns
     /// nothing. `limit` above [`SCAN_LIMIT_MAX`] is refused with
@@ -65,6 +74,10 @@ impl<E: Engine + ?Sized> Engine for Arc<E> {
         (**self).get(key)
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        (**self).get_many(keys)
+    }
+
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         (**self).scan(start, end, limit)
     }
@@ -80,6 +93,17 @@ impl<E: Engine + ?Sized> Engine for Arc<E> {
     fn size_bytes(&self) -> Result<u64, StorageError> {
         (**self).size_bytes()
     }
+}
+
+/// Checks a multi-get's key count and every key.
+pub(crate) fn check_get_many(keys: &[Vec<u8>]) -> Result<(), StorageError> {
+    StorageError::check_limit(
+        "keys in one multi-get",
+        keys.len(),
+        "GET_MANY_KEYS_MAX",
+        GET_MANY_KEYS_MAX,
+    )?;
+    keys.iter().try_for_each(|key| check_key(key))
 }
 
 /// Checks a scan's bounds and limit; returns false when the range is empty (nothing to

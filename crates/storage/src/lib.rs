@@ -44,9 +44,9 @@
 //!
 //! ## Named limits
 //!
-//! Keys, values, batches and scans are bounded ([`KEY_SIZE_BYTES_MAX`],
+//! Keys, values, batches, scans and multi-gets are bounded ([`KEY_SIZE_BYTES_MAX`],
 //! [`VALUE_SIZE_BYTES_MAX`], [`BATCH_OPS_MAX`], [`BATCH_SIZE_BYTES_MAX`],
-//! [`SCAN_LIMIT_MAX`]); exceeding one returns [`StorageError::Limit`] and changes
+//! [`SCAN_LIMIT_MAX`], [`GET_MANY_KEYS_MAX`]); exceeding one returns [`StorageError::Limit`] and changes
 //! nothing, it never panics.
 //!
 //! ## What it does not do yet
@@ -75,6 +75,8 @@ pub use batch::{Op, WriteBatch};
 pub use engine::{Durability, Engine, KeyValue};
 pub use error::StorageError;
 pub use keys::Key;
-pub use limits::{BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_BYTES_MAX};
+pub use limits::{
+    BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX, GET_MANY_KEYS_MAX, KEY_SIZE_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_SIZE_BYTES_MAX,
+};
 pub use mem_engine::MemEngine;
 pub use redb_engine::{RedbEngine, REDB_CACHE_BYTES};

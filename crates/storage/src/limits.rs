@@ -36,6 +36,14 @@ pub const BATCH_OPS_MAX: usize = 65_536;
 /// [`WriteBatch`]: crate::WriteBatch
 pub const BATCH_SIZE_BYTES_MAX: usize = 2 * VALUE_SIZE_BYTES_MAX;
 
+/// Most keys one [`Engine::get_many`] reads; more are refused, as a scan's limit is.
+///
+/// Why the scan's limit: a multi-get serves the same callers (a range read that
+/// finds its values by key) and holds its answers in memory the same way.
+///
+/// [`Engine::get_many`]: crate::Engine::get_many
+pub const GET_MANY_KEYS_MAX: usize = SCAN_LIMIT_MAX;
+
 /// Most key-value pairs one scan returns; a larger `limit` is refused, not clamped,
 /// so that a caller expecting "everything" learns that it must page.
 pub const SCAN_LIMIT_MAX: usize = 65_536;

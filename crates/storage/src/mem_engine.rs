@@ -18,7 +18,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::batch::{check_key, Op, WriteBatch};
-use crate::engine::{check_scan, Durability, Engine, KeyValue};
+use crate::engine::{check_get_many, check_scan, Durability, Engine, KeyValue};
 use crate::error::StorageError;
 
 /// An in-memory [`Engine`] with a crash model. Cloning gives another handle to the
@@ -127,6 +127,12 @@ impl Engine for MemEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
         Ok(self.state.read().visible.map.get(key).cloned())
+    }
+
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        check_get_many(keys)?;
+        let state = self.state.read();
+        Ok(keys.iter().map(|key| state.visible.map.get(key).cloned()).collect())
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::batch::{check_key, Op, WriteBatch};
-use crate::engine::{check_scan, Durability, Engine, KeyValue};
+use crate::engine::{check_get_many, check_scan, Durability, Engine, KeyValue};
 use crate::error::StorageError;
 
 /// The one table holding the engine's keyspace. Its name and types are part of the
@@ -144,6 +144,26 @@ impl Engine for RedbEngine {
             .map_err(|error| self.error(error.into(), context))?;
         let value = ReadableTable::get(&table, key).map_err(|error| self.error(error.into(), context))?;
         Ok(value.map(|guard| guard.value().to_vec()))
+    }
+
+    /// One redb read transaction for all of `keys`.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        check_get_many(keys)?;
+        let context = "reading keys";
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|error| self.error(error.into(), context))?;
+        let table = txn
+            .open_table(TABLE)
+            .map_err(|error| self.error(error.into(), context))?;
+        keys.iter()
+            .map(|key| {
+                ReadableTable::get(&table, key.as_slice())
+                    .map(|value| value.map(|guard| guard.value().to_vec()))
+                    .map_err(|error| self.error(error.into(), context))
+            })
+            .collect()
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {

@@ -42,7 +42,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use zongheng_storage::{Engine, Key, StorageError, WriteBatch, KEY_SIZE_BYTES_MAX};
+use zongheng_storage::{Engine, Key, StorageError, WriteBatch, GET_MANY_KEYS_MAX, KEY_SIZE_BYTES_MAX};
 
 /// Values waiting in memory before a flush forces one.
 pub const HISTORY_PENDING_VALUES_MAX: usize = 1_024;
@@ -134,19 +134,48 @@ impl HistoryValues {
     /// The value `key` had at `revision`; `None` if neither memory nor the
     /// engine has it (compacted).
     pub fn get(&self, revision: i64, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        // Without building a (revision, key) pair: a revision changed few keys.
-        let waiting = self
-            .pending
-            .range((revision, Vec::new())..)
-            .take_while(|((pending_revision, _), _)| *pending_revision == revision)
-            .find(|((_, pending_key), _)| pending_key.as_slice() == key);
-        if let Some((_, value)) = waiting {
+        if let Some(value) = self.get_pending(revision, key) {
             return Ok(Some(value.clone()));
         }
         match &self.engine {
             Some((engine, group)) => engine.get(&engine_key(*group, revision, key)),
             None => Ok(None),
         }
+    }
+
+    /// The values of many versions (revision, key) at once, in the order
+    /// asked; `None` where neither memory nor the engine has one. Those not
+    /// in memory come from the engine in one read transaction per
+    /// [`GET_MANY_KEYS_MAX`] of them, not one each (a range over many keys).
+    pub fn get_many(&self, versions: &[(i64, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let mut values: Vec<Option<Vec<u8>>> = versions
+            .iter()
+            .map(|(revision, key)| self.get_pending(*revision, key).cloned())
+            .collect();
+        let Some((engine, group)) = &self.engine else {
+            return Ok(values);
+        };
+        let missing: Vec<usize> = (0..versions.len()).filter(|&index| values[index].is_none()).collect();
+        for chunk in missing.chunks(GET_MANY_KEYS_MAX) {
+            let keys: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|&index| engine_key(*group, versions[index].0, versions[index].1))
+                .collect();
+            for (&index, value) in chunk.iter().zip(engine.get_many(&keys)?) {
+                values[index] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// The value of `key` at `revision` if it is still in memory. Without
+    /// building a (revision, key) pair: a revision changed few keys.
+    fn get_pending(&self, revision: i64, key: &[u8]) -> Option<&Vec<u8>> {
+        self.pending
+            .range((revision, Vec::new())..)
+            .take_while(|((pending_revision, _), _)| *pending_revision == revision)
+            .find(|((_, pending_key), _)| pending_key.as_slice() == key)
+            .map(|(_, value)| value)
     }
 
     /// Compaction dropped the version of `key` at `revision`.

@@ -396,6 +396,33 @@ impl Mvcc {
         read_value(&self.history, key, mod_revision, stored)
     }
 
+    /// Read the value of every pair of `kvs` from where its slot says: those
+    /// in memory directly, the others from the engine together.
+    fn fill_values(&self, kvs: &mut [(KeyValue, &Slot)]) -> Result<(), MvccError> {
+        let mut moved: Vec<usize> = Vec::new();
+        for (index, (kv, slot)) in kvs.iter_mut().enumerate() {
+            match slot {
+                Slot::Here(value) => kv.value = value.clone(),
+                Slot::Moved => moved.push(index),
+            }
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let versions: Vec<(i64, &[u8])> = moved
+            .iter()
+            .map(|&index| (kvs[index].0.mod_revision, kvs[index].0.key.as_slice()))
+            .collect();
+        let values = self
+            .history
+            .get_many(&versions)
+            .map_err(|error| MvccError::Storage(error.to_string()))?;
+        for (index, value) in moved.into_iter().zip(values) {
+            kvs[index].0.value = value.ok_or(MvccError::Compacted)?;
+        }
+        Ok(())
+    }
+
     /// The current revision (the revision of the last change).
     pub fn revision(&self) -> i64 {
         self.revision
@@ -452,7 +479,8 @@ impl Mvcc {
         }
         let read_revision = self.check_read_revision(request.revision)?;
         let range = KeyRange::new(&request.key, &request.range_end);
-        let mut kvs: Vec<KeyValue> = Vec::new();
+        // Each pair with where its value is.
+        let mut kvs: Vec<(KeyValue, &Slot)> = Vec::new();
         let mut count: i64 = 0;
         if !range.is_empty() {
             for (key, history) in self.keys.range(range.bounds()) {
@@ -463,23 +491,18 @@ impl Mvcc {
                 if request.count_only {
                     continue;
                 }
-                let mod_revision = history.mod_revision_at(read_revision);
-                // Values stay until after sorting: keys-only may sort by value.
-                let value = if request.keys_only && request.sort_target != range_request::SortTarget::Value as i32 {
-                    Vec::new()
-                } else {
-                    self.value_of(key, mod_revision, stored)?
-                };
+                // Values are read below, only for the pairs that are returned
+                // (or that a sort by value needs), all at once.
                 let kv = KeyValue {
                     key: key.clone(),
                     create_revision: stored.create_revision,
-                    mod_revision,
+                    mod_revision: history.mod_revision_at(read_revision),
                     version: stored.version,
-                    value,
+                    value: Vec::new(),
                     lease: stored.lease,
                 };
                 if passes_revision_filters(request, &kv) {
-                    kvs.push(kv);
+                    kvs.push((kv, &stored.value));
                 }
             }
         }
@@ -495,9 +518,14 @@ impl Mvcc {
         if !fetch_all && request.limit > 0 {
             kvs.truncate(request.limit as usize + 1);
         }
+        // Keys-only may still sort by value.
+        let sorts_by_value = request.sort_target == range_request::SortTarget::Value as i32;
+        if sorts_by_value {
+            self.fill_values(&mut kvs)?;
+        }
         sort_kvs(request, &mut kvs)?;
         if request.keys_only {
-            for kv in &mut kvs {
+            for (kv, _) in &mut kvs {
                 kv.value = Vec::new();
             }
         }
@@ -506,9 +534,12 @@ impl Mvcc {
             kvs.truncate(request.limit as usize);
             more = true;
         }
+        if !sorts_by_value && !request.keys_only {
+            self.fill_values(&mut kvs)?;
+        }
         Ok(RangeResponse {
             header: None,
-            kvs,
+            kvs: kvs.into_iter().map(|(kv, _)| kv).collect(),
             more,
             count,
         })
@@ -1110,7 +1141,7 @@ fn passes_revision_filters(request: &RangeRequest, kv: &KeyValue) -> bool {
     true
 }
 
-fn sort_kvs(request: &RangeRequest, kvs: &mut [KeyValue]) -> Result<(), MvccError> {
+fn sort_kvs<T>(request: &RangeRequest, kvs: &mut [(KeyValue, T)]) -> Result<(), MvccError> {
     use range_request::{SortOrder, SortTarget};
     let mut order = SortOrder::try_from(request.sort_order)
         .map_err(|_| MvccError::InvalidRequest(format!("unknown sort order {}", request.sort_order)))?;
@@ -1126,10 +1157,10 @@ fn sort_kvs(request: &RangeRequest, kvs: &mut [KeyValue]) -> Result<(), MvccErro
     // Stable sorts keep key order among equal targets, as etcd does.
     match target {
         SortTarget::Key => {}
-        SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-        SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-        SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-        SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        SortTarget::Version => kvs.sort_by_key(|(kv, _)| kv.version),
+        SortTarget::Create => kvs.sort_by_key(|(kv, _)| kv.create_revision),
+        SortTarget::Mod => kvs.sort_by_key(|(kv, _)| kv.mod_revision),
+        SortTarget::Value => kvs.sort_by(|(a, _), (b, _)| a.value.cmp(&b.value)),
     }
     if order == SortOrder::Descend {
         kvs.reverse();
@@ -1419,6 +1450,88 @@ mod tests {
         // Materializing keeps it moved instead of failing.
         let whole = store.materialized().unwrap();
         assert_eq!(get_at(&whole, "a", 2), Err(MvccError::Compacted));
+    }
+
+    #[test]
+    fn ranges_sorted_limited_and_filtered_answer_as_in_memory() {
+        use range_request::{SortOrder, SortTarget};
+        let (mut store, engine) = attached();
+        let mut plain = Mvcc::new();
+        // Values out of key order, some keys rewritten, half flushed.
+        for (index, (key, value)) in [("k1", "q"), ("k2", "b"), ("k3", "z"), ("k4", "a"), ("k5", "m")]
+            .into_iter()
+            .enumerate()
+        {
+            for target in [&mut store, &mut plain] {
+                target.put(&put(key, value)).unwrap();
+                if index % 2 == 0 {
+                    target.put(&put(key, &format!("{value}{value}"))).unwrap();
+                }
+            }
+            if index == 2 {
+                flush(&mut store, &engine);
+            }
+        }
+        assert!(store.history_pending() > 0, "some values still pending");
+        let targets = [
+            SortTarget::Key,
+            SortTarget::Version,
+            SortTarget::Create,
+            SortTarget::Mod,
+            SortTarget::Value,
+        ];
+        let orders = [SortOrder::None, SortOrder::Ascend, SortOrder::Descend];
+        for target in targets {
+            for order in orders {
+                for limit in [0, 1, 2, 4] {
+                    for keys_only in [false, true] {
+                        for min_mod_revision in [0, 5] {
+                            let request = RangeRequest {
+                                key: b"k".to_vec(),
+                                range_end: b"l".to_vec(),
+                                sort_target: target as i32,
+                                sort_order: order as i32,
+                                limit,
+                                keys_only,
+                                min_mod_revision,
+                                ..Default::default()
+                            };
+                            let answer = store.range(&request).unwrap();
+                            assert_eq!(answer, plain.range(&request).unwrap(), "{request:?}");
+                            if !keys_only {
+                                assert!(answer.kvs.iter().all(|kv| !kv.value.is_empty()), "{request:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_range_with_a_limit_reads_only_the_values_it_returns() {
+        let (mut store, engine) = attached();
+        store.put(&put("a", "1")).unwrap();
+        store.put(&put("b", "2")).unwrap();
+        flush(&mut store, &engine);
+        // "b"'s value is gone from the engine: a range that does not return
+        // it must not need it.
+        let mut batch = WriteBatch::new();
+        batch.delete(super::super::history::engine_key(0, 3, b"b"));
+        engine.write(batch, zongheng_storage::Durability::Sync).unwrap();
+        let first = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            limit: 1,
+            ..Default::default()
+        };
+        let answer = store.range(&first).unwrap();
+        assert_eq!(answer.kvs.len(), 1);
+        assert_eq!(answer.kvs[0].value, b"1");
+        assert!(answer.more);
+        assert_eq!(answer.count, 2);
+        let both = RangeRequest { limit: 0, ..first };
+        assert_eq!(store.range(&both), Err(MvccError::Compacted));
     }
 
     #[test]
