@@ -86,6 +86,10 @@ impl Engine for AuditedEngine {
         self.inner.scan(start, end, limit)
     }
 
+    fn scan_keys(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.inner.scan_keys(start, end, limit)
+    }
+
     fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         self.inner.scan_rev(start, end, limit)
     }

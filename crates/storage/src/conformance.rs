@@ -350,6 +350,22 @@ fn scan_bounds_and_limit<E: Engine>(engine: &E) {
     let scanned = engine.scan(b"b", Some(b"c"), 100).unwrap();
     let expected: [&[u8]; 3] = [b"b", b"b\0", b"ba"];
     assert_eq!(keys_of(&scanned), to_vecs(&expected));
+    // A keys-only scan returns the same keys, for every bound and limit.
+    for (start, end, limit) in [
+        (&b"b"[..], Some(&b"c"[..]), 100),
+        (b"bb", None, 100),
+        (b"", None, 2),
+        (b"", None, 0),
+        (b"c", Some(b"b"), 100),
+        (b"d", Some(b"d\0"), 100),
+    ] {
+        assert_eq!(
+            engine.scan_keys(start, end, limit).unwrap(),
+            keys_of(&engine.scan(start, end, limit).unwrap()),
+            "{start:?}..{end:?} limit {limit}"
+        );
+    }
+    assert_limit(engine.scan_keys(b"", None, SCAN_LIMIT_MAX + 1), "SCAN_LIMIT_MAX");
     assert_eq!(scanned[0].1, b"v:b".to_vec(), "values come with their keys");
 
     let expected: [&[u8]; 2] = [b"c", b"d"];

@@ -53,6 +53,10 @@ pub trait Engine: Send + Sync + 'static {
     /// [`KEY_SIZE_BYTES_MAX`](crate::KEY_SIZE_BYTES_MAX).
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError>;
 
+    /// The keys [`Engine::scan`] would return, without their values (for callers that
+    /// sweep a range by key, whatever its values weigh). Same bounds and limits.
+    fn scan_keys(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StorageError>;
+
     /// Like [`Engine::scan`] over the same `[start, end)`, but in descending key order:
     /// the first pair is the largest key below `end`.
     fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError>;
@@ -80,6 +84,10 @@ impl<E: Engine + ?Sized> Engine for Arc<E> {
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         (**self).scan(start, end, limit)
+    }
+
+    fn scan_keys(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
+        (**self).scan_keys(start, end, limit)
     }
 
     fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {

@@ -149,6 +149,20 @@ impl Engine for MemEngine {
             .collect())
     }
 
+    fn scan_keys(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
+        if !check_scan(start, end, limit)? {
+            return Ok(Vec::new());
+        }
+        let state = self.state.read();
+        Ok(state
+            .visible
+            .map
+            .range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)))
+            .take(limit)
+            .map(|(key, _)| key.clone())
+            .collect())
+    }
+
     fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         if !check_scan(start, end, limit)? {
             return Ok(Vec::new());

@@ -170,6 +170,31 @@ impl Engine for RedbEngine {
         self.scan_in_order(start, end, limit, false)
     }
 
+    /// A redb range whose value guards are dropped unread: no value is copied.
+    fn scan_keys(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
+        if !check_scan(start, end, limit)? {
+            return Ok(Vec::new());
+        }
+        let context = "scanning keys";
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|error| self.error(error.into(), context))?;
+        let table = txn
+            .open_table(TABLE)
+            .map_err(|error| self.error(error.into(), context))?;
+        let bounds = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        let range = ReadableTable::range::<&[u8]>(&table, bounds).map_err(|error| self.error(error.into(), context))?;
+        range
+            .take(limit)
+            .map(|entry| {
+                entry
+                    .map(|(key, _value)| key.value().to_vec())
+                    .map_err(|error| self.error(error.into(), context))
+            })
+            .collect()
+    }
+
     fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         self.scan_in_order(start, end, limit, true)
     }

@@ -58,6 +58,14 @@ impl Application for MetaApp {
         self.kv.attach(engine, group);
     }
 
+    fn engine_state_range(&self, group: u64) -> Option<(Vec<u8>, Vec<u8>)> {
+        Some(self.kv.value_key_range(group))
+    }
+
+    fn references(&self, engine_key: &[u8]) -> bool {
+        self.kv.holds_value(engine_key)
+    }
+
     fn flush_wanted(&self) -> bool {
         self.kv.history_wants_flush()
     }
@@ -164,5 +172,106 @@ impl MetaApp {
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
         hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+
+    use zongheng_proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest};
+    use zongheng_storage::{Durability, MemEngine, WriteBatch};
+
+    use super::*;
+    use crate::raft::state_machine::{sweep_unreferenced, Applied, SWEEP_PAGE_KEYS};
+
+    fn put(app: &mut MetaApp, key: &str, value: &str) {
+        app.kv
+            .put(&PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    fn flush(app: &mut MetaApp, engine: &MemEngine) {
+        if let Some(StateFlush { batches, token }) = app.flush() {
+            for batch in batches {
+                engine.write(batch, Durability::Buffered).unwrap();
+            }
+            app.flushed(token, true);
+        }
+    }
+
+    fn value_keys(engine: &MemEngine) -> Vec<Vec<u8>> {
+        let start = super::super::history::engine_key(0, 0, b"");
+        let end = super::super::history::engine_key(0, i64::MAX, b"");
+        engine.scan_keys(&start, Some(&end), 65_536).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_install_sweeps_the_values_only_the_replaced_state_listed() {
+        let engine = Arc::new(MemEngine::new());
+        let rewrites = SWEEP_PAGE_KEYS + 100;
+        // The replaced state: a follower that applied every rewrite of "a"
+        // and one of "b", its values in the engine.
+        let writes = |app: &mut MetaApp| {
+            for index in 0..rewrites {
+                put(app, "a", &format!("a{index}"));
+            }
+            put(app, "b", "b");
+        };
+        let mut replaced = MetaApp::default();
+        replaced.attach(engine.clone(), 0);
+        writes(&mut replaced);
+        flush(&mut replaced, &engine);
+        assert_eq!(value_keys(&engine).len(), rewrites + 1);
+        // The leader went on: one more write, and a compaction that dropped
+        // every old version of "a". The follower installs its snapshot.
+        let mut leader = MetaApp::default();
+        writes(&mut leader);
+        put(&mut leader, "c", "c");
+        let revision = leader.kv.revision();
+        leader
+            .kv
+            .compact(&CompactionRequest {
+                revision,
+                physical: false,
+            })
+            .unwrap();
+        let mut installed = MetaApp::from_snapshot(&leader.to_snapshot().unwrap()).unwrap();
+        installed.attach(engine.clone(), 0);
+        flush(&mut installed, &engine);
+        // An unrelated key of the group stays whatever happens.
+        let other = zongheng_storage::Key::SnapshotMeta { group: 0 }.encode();
+        let mut batch = WriteBatch::new();
+        batch.put(other.clone(), b"kept".to_vec());
+        engine.write(batch, Durability::Sync).unwrap();
+
+        let shared = Arc::new(RwLock::new(Applied {
+            app: installed,
+            ..Applied::default()
+        }));
+        let swept = sweep_unreferenced(&shared, &*engine, 0).unwrap();
+        assert_eq!(swept, rewrites - 1, "every old version of a, over two pages");
+        assert_eq!(value_keys(&engine).len(), 3, "the latest a, b and c");
+        assert_eq!(engine.get(&other).unwrap(), Some(b"kept".to_vec()));
+        let applied = shared.read().unwrap();
+        let everything = applied
+            .app
+            .kv
+            .range(&RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .unwrap();
+        let values: Vec<Vec<u8>> = everything.kvs.into_iter().map(|kv| kv.value).collect();
+        let last = format!("a{}", rewrites - 1).into_bytes();
+        assert_eq!(values, vec![last, b"b".to_vec(), b"c".to_vec()]);
+        drop(applied);
+        // A second sweep finds nothing left to delete.
+        assert_eq!(sweep_unreferenced(&shared, &*engine, 0).unwrap(), 0);
     }
 }

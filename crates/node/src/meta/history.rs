@@ -68,6 +68,21 @@ pub fn engine_key(group: u64, revision: i64, key: &[u8]) -> Vec<u8> {
     Key::StateMachine { group, key: inner }.encode()
 }
 
+/// The revision and user key of a value's engine key ([`engine_key`]);
+/// `None` for any other key.
+pub fn parse_engine_key(engine_key: &[u8]) -> Option<(i64, Vec<u8>)> {
+    let Ok(Key::StateMachine { key: inner, .. }) = Key::decode(engine_key) else {
+        return None;
+    };
+    let (&marker, rest) = inner.split_first()?;
+    if marker != HISTORY_MARKER || rest.len() < 8 {
+        return None;
+    }
+    let (revision, key) = rest.split_at(8);
+    let revision = u64::from_be_bytes(revision.try_into().ok()?);
+    Some((i64::try_from(revision).ok()?, key.to_vec()))
+}
+
 /// What one flush took, so that [`HistoryValues::flushed`] forgets exactly that.
 #[derive(Debug, Default)]
 pub struct FlushMark {
@@ -265,5 +280,31 @@ impl HistoryValues {
 
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_keys_parse_back_and_other_keys_do_not() {
+        for (revision, key) in [(1, &b"a"[..]), (i64::MAX, b""), (300, b"\x00\xffkey")] {
+            assert_eq!(parse_engine_key(&engine_key(7, revision, key)), Some((revision, key.to_vec())));
+        }
+        assert_eq!(parse_engine_key(&Key::SnapshotMeta { group: 7 }.encode()), None);
+        let other_marker = Key::StateMachine {
+            group: 7,
+            key: b"x0123456789".to_vec(),
+        }
+        .encode();
+        assert_eq!(parse_engine_key(&other_marker), None);
+        let short = Key::StateMachine {
+            group: 7,
+            key: b"h123".to_vec(),
+        }
+        .encode();
+        assert_eq!(parse_engine_key(&short), None);
+        assert_eq!(parse_engine_key(b""), None);
     }
 }

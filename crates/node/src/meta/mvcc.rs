@@ -396,6 +396,33 @@ impl Mvcc {
         read_value(&self.history, key, mod_revision, stored)
     }
 
+    /// The engine keys under which this store's values can be: those of
+    /// every revision up to the current one (`meta::history`).
+    pub fn value_key_range(&self, group: u64) -> (Vec<u8>, Vec<u8>) {
+        (
+            super::history::engine_key(group, 0, b""),
+            super::history::engine_key(group, self.revision.saturating_add(1), b""),
+        )
+    }
+
+    /// Whether the engine key `engine_key` holds the value of a version this
+    /// store still lists. Keys that are not value keys answer yes (they are
+    /// not this store's to judge).
+    pub fn holds_value(&self, engine_key: &[u8]) -> bool {
+        let Some((revision, key)) = super::history::parse_engine_key(engine_key) else {
+            return true;
+        };
+        self.keys.get(&key).is_some_and(|history| {
+            let position = history
+                .versions
+                .partition_point(|version| version.mod_revision < revision);
+            history
+                .versions
+                .get(position)
+                .is_some_and(|version| version.mod_revision == revision && version.kv.is_some())
+        })
+    }
+
     /// Read the value of every pair of `kvs` from where its slot says: those
     /// in memory directly, the others from the engine together.
     fn fill_values(&self, kvs: &mut [(KeyValue, &Slot)]) -> Result<(), MvccError> {

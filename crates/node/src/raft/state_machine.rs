@@ -47,6 +47,10 @@ use super::codec;
 /// Bytes per stored snapshot chunk (each is one engine value).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
+/// Engine keys looked at, and at most deleted in one batch, per step of the
+/// sweep after a snapshot install.
+pub const SWEEP_PAGE_KEYS: usize = 4_096;
+
 /// A deterministic replicated application.
 pub trait Application: Default + Send + Sync + 'static {
     type Config: RaftTypeConfig;
@@ -71,6 +75,21 @@ pub trait Application: Default + Send + Sync + 'static {
     /// Run on this node's `engine` from now on (called after open, restore
     /// and install). The application may move state there.
     fn attach(&mut self, _engine: Arc<dyn Engine>, _group: u64) {}
+
+    /// Where this application keeps state in the engine (see `attach`), as
+    /// engine keys `[start, end)`, if it does. After a snapshot install, the
+    /// keys there that the installed state does not reference
+    /// ([`Application::references`]) are left from the state it replaced and
+    /// are deleted.
+    fn engine_state_range(&self, _group: u64) -> Option<(Vec<u8>, Vec<u8>)> {
+        None
+    }
+
+    /// Whether the engine key `key`, in [`Application::engine_state_range`],
+    /// holds part of this state.
+    fn references(&self, _key: &[u8]) -> bool {
+        true
+    }
 
     /// Whether enough state waits in memory that it should be written now.
     fn flush_wanted(&self) -> bool {
@@ -259,6 +278,48 @@ where
         );
         engine.write(batch, Durability::Sync).map_err(|e| write_error(&e))
     }
+}
+
+/// Delete, `Durability::Buffered`, every engine key in the application's
+/// state range that it does not reference; returns how many. Run after a
+/// snapshot install, while no entry is applied (the state machine worker is
+/// busy with the install), so the state checked is the installed one.
+pub fn sweep_unreferenced<A: Application>(
+    shared: &Shared<A>,
+    engine: &dyn Engine,
+    group: u64,
+) -> Result<usize, zongheng_storage::StorageError> {
+    let range = shared
+        .read()
+        .expect("state machine lock poisoned")
+        .app
+        .engine_state_range(group);
+    let Some((mut start, end)) = range else {
+        return Ok(0);
+    };
+    let mut swept = 0;
+    loop {
+        let keys = engine.scan_keys(&start, Some(&end), SWEEP_PAGE_KEYS)?;
+        let Some(last) = keys.last() else { break };
+        start = [last.as_slice(), &[0]].concat();
+        let mut batch = WriteBatch::new();
+        {
+            let applied = shared.read().expect("state machine lock poisoned");
+            for key in &keys {
+                if !applied.app.references(key) {
+                    batch.delete(key.clone());
+                }
+            }
+        }
+        swept += batch.len();
+        if !batch.is_empty() {
+            engine.write(batch, Durability::Buffered)?;
+        }
+        if keys.len() < SWEEP_PAGE_KEYS {
+            break;
+        }
+    }
+    Ok(swept)
 }
 
 /// Write what the application flushed, `Durability::Buffered`, and tell it
@@ -464,10 +525,20 @@ where
         applied.last_membership = meta.last_membership.clone();
         drop(applied);
         release_freed_memory();
+        // What the replaced state kept in the engine and the installed one no
+        // longer lists would stay there for good. Losing this sweep to a
+        // crash or an error only leaves that garbage; it never touches
+        // what the installed state (now durable) lists.
+        let swept = super::off_runtime(|| sweep_unreferenced(&self.shared, &*self.engine, self.group));
+        let swept = swept.unwrap_or_else(|error| {
+            tracing::warn!(group = self.group, %error, "cannot sweep values the installed snapshot dropped");
+            0
+        });
         tracing::info!(
             group = self.group,
             snapshot = meta.snapshot_id,
             bytes,
+            swept,
             "installed a snapshot from the leader"
         );
         Ok(())
