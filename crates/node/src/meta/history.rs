@@ -290,7 +290,10 @@ mod tests {
     #[test]
     fn engine_keys_parse_back_and_other_keys_do_not() {
         for (revision, key) in [(1, &b"a"[..]), (i64::MAX, b""), (300, b"\x00\xffkey")] {
-            assert_eq!(parse_engine_key(&engine_key(7, revision, key)), Some((revision, key.to_vec())));
+            assert_eq!(
+                parse_engine_key(&engine_key(7, revision, key)),
+                Some((revision, key.to_vec()))
+            );
         }
         assert_eq!(parse_engine_key(&Key::SnapshotMeta { group: 7 }.encode()), None);
         let other_marker = Key::StateMachine {
