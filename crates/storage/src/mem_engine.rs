@@ -102,6 +102,31 @@ impl MemEngine {
         Self::default()
     }
 
+    /// Up to `limit` visible entries of `[start, end)` in key order (or
+    /// reversed), each turned into a `T` by `keep`.
+    fn scan_visible<T>(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        descending: bool,
+        keep: impl Fn(&Vec<u8>, &Vec<u8>) -> T,
+    ) -> Result<Vec<T>, StorageError> {
+        if !check_scan(start, end, limit)? {
+            return Ok(Vec::new());
+        }
+        let state = self.state.read();
+        let range = state
+            .visible
+            .map
+            .range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)));
+        Ok(if descending {
+            range.rev().take(limit).map(|(key, value)| keep(key, value)).collect()
+        } else {
+            range.take(limit).map(|(key, value)| keep(key, value)).collect()
+        })
+    }
+
     /// Simulates a crash (power loss): every write not yet made durable by a `Sync`
     /// write is lost, and reads see the durable state again. Handles stay valid, as
     /// the disk does across a restart.
@@ -136,46 +161,15 @@ impl Engine for MemEngine {
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
-        if !check_scan(start, end, limit)? {
-            return Ok(Vec::new());
-        }
-        let state = self.state.read();
-        Ok(state
-            .visible
-            .map
-            .range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)))
-            .take(limit)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        self.scan_visible(start, end, limit, false, |key, value| (key.clone(), value.clone()))
     }
 
     fn scan_keys(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
-        if !check_scan(start, end, limit)? {
-            return Ok(Vec::new());
-        }
-        let state = self.state.read();
-        Ok(state
-            .visible
-            .map
-            .range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)))
-            .take(limit)
-            .map(|(key, _)| key.clone())
-            .collect())
+        self.scan_visible(start, end, limit, false, |key, _| key.clone())
     }
 
     fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
-        if !check_scan(start, end, limit)? {
-            return Ok(Vec::new());
-        }
-        let state = self.state.read();
-        Ok(state
-            .visible
-            .map
-            .range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)))
-            .rev()
-            .take(limit)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+        self.scan_visible(start, end, limit, true, |key, value| (key.clone(), value.clone()))
     }
 
     /// `Sync`: durable on return, together with every earlier `Buffered` batch.

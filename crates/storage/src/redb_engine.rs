@@ -83,13 +83,17 @@ impl RedbEngine {
         from_redb(error, context, &self.path)
     }
 
-    fn scan_in_order(
+    /// Up to `limit` entries of `[start, end)` in key order (or reversed), each
+    /// turned into a `T` by `keep` straight from redb's pages: a key-only scan
+    /// copies no value.
+    fn scan_in_order<T>(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
         descending: bool,
-    ) -> Result<Vec<KeyValue>, StorageError> {
+        keep: impl Fn(&[u8], &[u8]) -> T,
+    ) -> Result<Vec<T>, StorageError> {
         if !check_scan(start, end, limit)? {
             return Ok(Vec::new());
         }
@@ -105,11 +109,11 @@ impl RedbEngine {
         // The trait method, not ReadOnlyTable's inherent `range`, whose iterator does not
         // keep the read transaction alive (redb 5 removes it).
         let range = ReadableTable::range::<&[u8]>(&table, bounds).map_err(|error| self.error(error.into(), context))?;
-        let mut pairs = Vec::new();
+        let mut kept = Vec::new();
         let mut push = |entry: Result<_, redb::StorageError>| -> Result<(), StorageError> {
             let (key, value): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
                 entry.map_err(|error| self.error(error.into(), context))?;
-            pairs.push((key.value().to_vec(), value.value().to_vec()));
+            kept.push(keep(key.value(), value.value()));
             Ok(())
         };
         if descending {
@@ -121,7 +125,7 @@ impl RedbEngine {
                 push(entry)?;
             }
         }
-        Ok(pairs)
+        Ok(kept)
     }
 }
 
@@ -167,36 +171,15 @@ impl Engine for RedbEngine {
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
-        self.scan_in_order(start, end, limit, false)
+        self.scan_in_order(start, end, limit, false, pair)
     }
 
-    /// A redb range whose value guards are dropped unread: no value is copied.
     fn scan_keys(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
-        if !check_scan(start, end, limit)? {
-            return Ok(Vec::new());
-        }
-        let context = "scanning keys";
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|error| self.error(error.into(), context))?;
-        let table = txn
-            .open_table(TABLE)
-            .map_err(|error| self.error(error.into(), context))?;
-        let bounds = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
-        let range = ReadableTable::range::<&[u8]>(&table, bounds).map_err(|error| self.error(error.into(), context))?;
-        range
-            .take(limit)
-            .map(|entry| {
-                entry
-                    .map(|(key, _value)| key.value().to_vec())
-                    .map_err(|error| self.error(error.into(), context))
-            })
-            .collect()
+        self.scan_in_order(start, end, limit, false, |key, _| key.to_vec())
     }
 
     fn scan_rev(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
-        self.scan_in_order(start, end, limit, true)
+        self.scan_in_order(start, end, limit, true, pair)
     }
 
     /// One redb write transaction per batch. `Sync` commits with
@@ -244,6 +227,11 @@ impl Engine for RedbEngine {
         })?;
         Ok(metadata.len())
     }
+}
+
+/// A scanned entry as a pair of owned bytes.
+fn pair(key: &[u8], value: &[u8]) -> KeyValue {
+    (key.to_vec(), value.to_vec())
 }
 
 /// Maps redb's errors onto ours; every redb error type converts into `redb::Error`.
