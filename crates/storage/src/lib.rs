@@ -70,6 +70,7 @@ mod keys;
 mod limits;
 mod mem_engine;
 mod redb_engine;
+pub mod wal;
 
 pub use batch::{Op, WriteBatch};
 pub use engine::{Durability, Engine, KeyValue};
