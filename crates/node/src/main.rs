@@ -85,8 +85,13 @@ fn main() {
 async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| anyhow::anyhow!("cannot create --data-dir {}: {error}", config.data_dir.display()))?;
+    // The engine first: it locks the data dir against a second process.
     let engine = zongheng_storage::RedbEngine::open(config.data_dir.join("zongheng.redb"))?;
-    let node = zongheng::node::start(config, Arc::new(TcpTransport), Arc::new(engine)).await?;
+    let wal_dir = config.data_dir.join("wal");
+    let files = zongheng_storage::wal::DirFiles::open(&wal_dir)
+        .map_err(|error| anyhow::anyhow!("cannot open the log directory {}: {error}", wal_dir.display()))?;
+    let wal = zongheng_storage::wal::Wal::open(Arc::new(files))?;
+    let node = zongheng::node::start(config, Arc::new(TcpTransport), Arc::new(engine), Arc::new(wal)).await?;
     let fatal = tokio::select! {
         _ = wait_for_termination() => { tracing::info!("shutting down"); None }
         _ = node.removed() => { tracing::warn!("removed from the cluster; shutting down"); None }

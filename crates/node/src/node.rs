@@ -268,6 +268,7 @@ pub async fn start(
     config: NodeConfig,
     transport: Arc<dyn Transport>,
     engine: Arc<dyn Engine>,
+    wal: Arc<zongheng_storage::wal::Wal>,
 ) -> Result<NodeHandle, NodeError> {
     let pool = Arc::new(PeerPool::new(transport.clone()));
     let (identity, bootstrap) = match read_identity(&*engine)? {
@@ -303,8 +304,9 @@ pub async fn start(
         .raft
         .openraft_config(&config.initial_cluster_token)
         .map_err(|error| NodeError::Raft(error.to_string()))?;
-    // Every group's synced writes on this node share fsyncs.
-    let commit = crate::raft::group_commit::GroupCommit::start(engine.clone());
+    crate::raft::log_store::migrate_engine_log(&*engine, &wal)?;
+    // Every group's log writes on this node share fsyncs.
+    let commit = crate::raft::group_commit::GroupCommit::start(wal.clone(), engine.clone());
     let log_store = LogStore::new(commit.clone(), META_GROUP);
     let state_machine = StateMachineStore::<MetaApp>::open(engine.clone(), META_GROUP)
         .map_err(|error| NodeError::Raft(error.to_string()))?;

@@ -38,6 +38,7 @@ use zongheng_proto::v3electionpb::{
 };
 use zongheng_proto::v3lockpb::lock_client::LockClient;
 use zongheng_proto::v3lockpb::{LockRequest, UnlockRequest};
+use zongheng_storage::wal::{MemFiles, Wal};
 use zongheng_storage::MemEngine;
 
 /// How long anything that must happen may take (a loaded shared machine).
@@ -96,9 +97,15 @@ impl Cluster {
                 store: Default::default(),
                 worker_threads: 1,
             });
-            let started = futures::future::join_all(
-                configs.map(|config| start(config, Arc::new(TcpTransport), Arc::new(MemEngine::new()))),
-            )
+            let started = futures::future::join_all(configs.map(|config| {
+                let wal = Wal::open(Arc::new(MemFiles::new())).expect("open an in-memory log");
+                start(
+                    config,
+                    Arc::new(TcpTransport),
+                    Arc::new(MemEngine::new()),
+                    Arc::new(wal),
+                )
+            }))
             .await;
             if started.iter().any(|node| matches!(node, Err(NodeError::Listen { .. }))) {
                 for node in started.into_iter().flatten() {

@@ -39,6 +39,7 @@ use zongheng::raft::RaftSettings;
 use zongheng::server::etcd::ClientLimits;
 use zongheng::store::shard_map::ShardMap;
 use zongheng::store::StoreGroups;
+use zongheng_storage::wal::{MemFiles, Wal};
 use zongheng_storage::{Engine, MemEngine};
 
 use crate::disk::AuditedEngine;
@@ -57,6 +58,24 @@ pub const CLIENT_HOST: &str = "client";
 /// Where simulated time starts: a fixed instant, so nothing in a run depends on
 /// when it ran (turmoil's default epoch is the wall clock).
 const EPOCH_SECS: u64 = 1_700_000_000;
+/// Bytes per Raft log segment of a simulated host: small, so that runs
+/// rotate segments and remove purged ones often.
+const LOG_SEGMENT_BYTES: u64 = 64 * 1024;
+
+/// How many bytes past its last fsync a crashed host's log keeps: from a
+/// hash of the host and the time, so a seed replays the same crashes.
+fn torn_bytes(name: &str, elapsed: std::time::Duration) -> usize {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in name.bytes().chain(elapsed.as_nanos().to_le_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Half the crashes cut within the first record or two (torn), half keep
+    // up to a few whole ones.
+    let bound = if hash & 1 == 0 { 64 } else { 1_024 };
+    ((hash >> 1) % bound) as usize
+}
+
 /// Pairs per engine scan when fingerprinting (the engine's own cap is 65 536).
 const FINGERPRINT_SCAN_PAIRS: usize = 4_096;
 
@@ -140,8 +159,10 @@ struct FaultRequest {
 
 /// What one host runs and keeps.
 struct HostSlot {
-    /// Its disk; kept across crashes, replaced by a wipe.
+    /// Its disk: the storage engine and the Raft log's files; kept across
+    /// crashes, replaced by a wipe.
     engine: MemEngine,
+    log: MemFiles,
     /// What to run at the next start; `None` keeps the host idle.
     config: Option<NodeConfig>,
     /// The running node's `meta` group, from its start until it stops.
@@ -550,6 +571,7 @@ impl SimCluster {
                     name.clone(),
                     HostSlot {
                         engine: MemEngine::new(),
+                        log: MemFiles::with_segment_bytes(LOG_SEGMENT_BYTES),
                         config,
                         node: None,
                         store: None,
@@ -697,6 +719,9 @@ impl SimCluster {
         slot.node = None;
         slot.store = None;
         slot.engine.crash();
+        // A torn tail: the log keeps a few bytes past its last fsync, a
+        // different number each crash (but the same in a rerun of the seed).
+        slot.log.crash(torn_bytes(name, sim.elapsed()));
         drop(slots);
         self.raft_trace.record_at(sim.elapsed(), format!("{name} crashed"));
     }
@@ -716,6 +741,7 @@ impl SimCluster {
         slot.store = None;
         slot.config = None;
         slot.engine = MemEngine::new();
+        slot.log = MemFiles::with_segment_bytes(LOG_SEGMENT_BYTES);
         drop(slots);
         self.raft_trace.record_at(sim.elapsed(), format!("{name} wiped"));
     }
@@ -822,11 +848,16 @@ async fn host_software(
     monitor: Monitor,
     audit: bool,
 ) -> turmoil::Result {
-    let (config, engine, incarnation) = {
+    let (config, engine, log, incarnation) = {
         let mut slots = lock(&slots);
         let slot = slots.get_mut(&name).expect("every host has a slot");
         slot.incarnation += 1;
-        (slot.config.clone(), slot.engine.clone(), slot.incarnation)
+        (
+            slot.config.clone(),
+            slot.engine.clone(),
+            slot.log.clone(),
+            slot.incarnation,
+        )
     };
     let Some(config) = config else {
         // An idle spare, or a removed or wiped member waiting for a new start.
@@ -844,7 +875,17 @@ async fn host_software(
     };
     let transport = SimTransport::default();
     lock(&slots).get_mut(&name).expect("every host has a slot").transport = Some(transport.clone());
-    let node = match zongheng::node::start(config, Arc::new(transport), disk).await {
+    let wal = match Wal::open(Arc::new(log)) {
+        Ok(wal) => Arc::new(wal),
+        Err(error) => {
+            let detail = format!("{name} (start {incarnation}) cannot open its log: {error}");
+            monitor.violation(Invariant::HostFailed, detail.clone());
+            raft_trace.record(detail);
+            std::future::pending::<()>().await;
+            return Ok(());
+        }
+    };
+    let node = match zongheng::node::start(config, Arc::new(transport), disk, wal.clone()).await {
         Ok(node) => node,
         Err(error) => {
             let detail = format!("{name} (start {incarnation}) failed to start: {error}");
@@ -873,7 +914,7 @@ async fn host_software(
         _ = node.removed() => {
             raft_trace.record(format!("{name} learned it was removed"));
         }
-        _ = watch_node(&name, &node.meta, &engine, &raft_trace, &monitor) => {}
+        _ = watch_node(&name, &node.meta, &wal, &raft_trace, &monitor) => {}
     }
     // A removed member stops serving (as etcd's does); the nemesis wipes the
     // host before it joins again.
@@ -892,7 +933,7 @@ async fn host_software(
 /// Record every change of the node's Raft state that matters for replaying a
 /// run (not the heartbeat-by-heartbeat replication progress), and feed each
 /// change to the invariant monitor. Returns when the node's Raft stops.
-async fn watch_node(name: &str, node: &MetaGroup, engine: &MemEngine, trace: &Trace, monitor: &Monitor) {
+async fn watch_node(name: &str, node: &MetaGroup, wal: &Wal, trace: &Trace, monitor: &Monitor) {
     let mut metrics = node.raft.metrics();
     let mut last = String::new();
     let mut progress = NodeProgress::default();
@@ -914,7 +955,7 @@ async fn watch_node(name: &str, node: &MetaGroup, engine: &MemEngine, trace: &Tr
             trace.record(summary.clone());
             last = summary;
         }
-        monitor.observe(name, &current, engine, &mut progress);
+        monitor.observe(name, &current, wal, &mut progress);
         if metrics.changed().await.is_err() {
             return;
         }

@@ -7,15 +7,15 @@
 //!
 //! The auditor checks the other half of "acknowledge only what is fsynced"
 //! for the writes a node acknowledges as soon as its engine write returns: a
-//! vote, a truncation of the log, a snapshot or a local record (identity,
-//! replica ownership) written `Buffered` is reported as an
-//! [`Invariant::UnsyncedRaftWrite`] violation at once, before a crash could
-//! turn it into lost data. Log appends are written `Buffered` on purpose and
-//! acknowledged later, after the group-commit flusher's fsync
-//! (`raft/group_commit.rs`); an append acknowledged too early is beyond what
-//! an engine can see, and is caught end to end instead (the crash tiers and
-//! `tests/mutations.rs`). Buffered writes that may be lost harmlessly (the
-//! committed index, a purge of entries a snapshot covers) pass.
+//! snapshot or a local record (identity, replica ownership) written
+//! `Buffered` is reported as an [`Invariant::UnsyncedRaftWrite`] violation at
+//! once, before a crash could turn it into lost data. The Raft log, votes
+//! included, lives in the node's log files (`zongheng_storage::wal`, in
+//! memory here, with torn crashes); any of it written to the engine is a
+//! violation too. An append or vote acknowledged before its fsync is beyond
+//! what an engine can see, and is caught end to end instead (the crash tiers
+//! and `tests/mutations.rs`). Buffered state-machine writes pass: the log
+//! and the last snapshot make that state durable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,29 +44,27 @@ impl AuditedEngine {
     }
 
     /// What in `batch`, written without an fsync, a node must not have
-    /// acknowledged (`None` when the batch may be lost harmlessly).
+    /// acknowledged, or must not write to the engine at all (`None` when the
+    /// batch may be lost harmlessly).
     fn must_be_synced(batch: &WriteBatch) -> Option<String> {
-        let is_purge = batch
-            .ops()
-            .iter()
-            .any(|op| matches!(op, Op::Put { key, .. } if matches!(Key::decode(key), Ok(Key::RaftPurged { .. }))));
         for op in batch.ops() {
-            match op {
-                Op::Put { key, .. } => match Key::decode(key) {
-                    Ok(key @ Key::RaftVote { .. }) => {
-                        return Some(format!("{key:?} written without an fsync"));
-                    }
+            if let Op::Put { key, .. } = op {
+                match Key::decode(key) {
                     Ok(key @ (Key::SnapshotMeta { .. } | Key::Local { .. })) => {
                         return Some(format!("{key:?} written without an fsync"));
                     }
-                    _ => {}
-                },
-                Op::DeleteRange { start, .. } if !is_purge => {
-                    if let Ok(key @ Key::RaftLog { .. }) = Key::decode(start) {
-                        return Some(format!("log truncated from {key:?} without an fsync"));
+                    Ok(
+                        key @ (Key::RaftVote { .. }
+                        | Key::RaftCommitted { .. }
+                        | Key::RaftPurged { .. }
+                        | Key::RaftLog { .. }),
+                    ) => {
+                        return Some(format!(
+                            "{key:?} written to the engine: the Raft log lives in the log files"
+                        ));
                     }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         None

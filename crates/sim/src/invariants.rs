@@ -28,7 +28,7 @@ use std::time::Duration;
 use openraft::{RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 use zongheng::raft::{PeerNode, META_GROUP};
-use zongheng_storage::{Engine, Key};
+use zongheng_storage::wal::Wal;
 
 /// Log entries read from a disk per scan when checking committed entries.
 const COMMITTED_SCAN_ENTRIES: usize = 1_024;
@@ -186,13 +186,7 @@ impl Monitor {
 
     /// Check node `host`'s latest metrics: its leadership, and every entry
     /// it applied since the last call (read from `engine`, its disk).
-    pub fn observe(
-        &self,
-        host: &str,
-        metrics: &RaftMetrics<u64, PeerNode>,
-        engine: &dyn Engine,
-        progress: &mut NodeProgress,
-    ) {
+    pub fn observe(&self, host: &str, metrics: &RaftMetrics<u64, PeerNode>, wal: &Wal, progress: &mut NodeProgress) {
         let mut state = self.lock();
         if metrics.state == ServerState::Leader {
             let term = metrics.current_term;
@@ -224,28 +218,19 @@ impl Monitor {
         }
         let mut next = floor + 1;
         while next <= applied {
-            let start = Key::RaftLog {
-                group: META_GROUP,
-                index: next,
-            }
-            .encode();
-            let end = Key::RaftLog {
-                group: META_GROUP,
-                index: applied + 1,
-            }
-            .encode();
-            let pairs = match engine.scan(&start, Some(&end), COMMITTED_SCAN_ENTRIES) {
-                Ok(pairs) => pairs,
+            let to = applied.min(next + COMMITTED_SCAN_ENTRIES as u64 - 1);
+            let entries = match wal.entries(META_GROUP, next, to + 1) {
+                Ok(entries) => entries,
                 Err(error) => {
                     tracing::warn!(%error, host, "cannot read the log to check committed entries");
                     break;
                 }
             };
-            let full = pairs.len() == COMMITTED_SCAN_ENTRIES;
-            for (key, bytes) in &pairs {
-                let Ok(Key::RaftLog { index, .. }) = Key::decode(key) else {
-                    continue;
-                };
+            // The log holds a contiguous run: entries[k] is index from + k.
+            let from = wal.bounds(META_GROUP).map_or(next, |(first, _)| first.max(next));
+            let full = entries.len() == COMMITTED_SCAN_ENTRIES;
+            for (offset, bytes) in entries.iter().enumerate() {
+                let index = from + offset as u64;
                 next = index + 1;
                 let hash = fnv1a(bytes);
                 state.entries_checked += 1;

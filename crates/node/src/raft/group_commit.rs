@@ -1,104 +1,107 @@
-//! Group commit: the synced writes of every Raft group on a node (the
-//! `meta` group and each partition replica) share fsyncs.
+//! Group commit: the log writes of every Raft group on a node (the `meta`
+//! group and each partition replica) share fsyncs of the node's log
+//! ([`Wal`]).
 //!
-//! Two kinds of work reach the flusher, one task per node:
+//! A log store writes its records to the log at once, without an fsync
+//! (visible to readers at once, such as openraft's replication to
+//! followers), and then either asks to be told once they are durable
+//! ([`GroupCommit::after_flush`], an append: it does not wait) or waits for it
+//! ([`GroupCommit::sync`], a vote, a truncation). The flusher, one task per
+//! node, takes everything waiting at that moment, makes the log durable with
+//! one fsync, and then answers everyone in arrival order. While that fsync
+//! runs, new work queues up and goes together in the next one, so a node with
+//! many busy partitions pays one fsync per round rather than one per group
+//! (TiKV's raftstore batches its groups' appends into one write the same
+//! way).
 //!
-//! - a **synced write** ([`GroupCommit::write_synced`]: a vote, a
-//!   truncation): the writer hands its batch over and waits;
-//! - a **flush** ([`GroupCommit::after_flush`]: a log append): the log store
-//!   has already written its entries to the engine without an fsync (visible
-//!   at once to readers, such as openraft's replication to followers) and
-//!   asks to be told once they are durable; it does not wait.
-//!
-//! The flusher takes everything waiting at that moment, in arrival order,
-//! applies the synced writes' batches as one engine batch with
-//! [`Durability::Sync`] (one fsync, which also makes every earlier buffered
-//! write durable), and then answers everyone. While that fsync runs, new work
-//! queues up and goes together in the next one, so a node with many busy
-//! partitions pays one fsync per round rather than one per group (TiKV's
-//! raftstore batches its groups' appends into one RocksDB write the same
-//! way). An append does not wait for its fsync, so that the entries could go
-//! to the followers while the leader's own fsync runs (Raft thesis 10.2.1, as
+//! An append does not wait for its fsync, so that the entries could go to
+//! the followers while the leader's own fsync runs (Raft thesis 10.2.1, as
 //! etcd does); openraft 0.9 does not use that yet: its core awaits the flush
 //! callback before it wakes the replication tasks (`RaftCore::append_to_log`),
 //! so a write's two fsyncs still follow each other
 //! (`bench/results/2026-12-06-ade70ba-put-seq-latency-breakdown.md`).
 //!
-//! What a writer is told is exactly what a direct synced write would tell
-//! it: `Ok` only once its batch (or, for a flush, everything it wrote
-//! before asking) is on stable storage. Work is answered in the order it
-//! arrived, so one group's appends are acknowledged in order; batches of
-//! different groups touch different keys. The engine loses only a suffix of
-//! buffered writes in a crash, never a middle, so a later buffered write
-//! (the committed index) can never become durable without the entries
-//! written before it. A batch over an engine limit is refused before it is
-//! queued, so it cannot fail the others' round.
+//! What a waiter is told is exactly what an fsync of its own would tell it:
+//! `Ok` only once everything it wrote before asking is on stable storage.
 //!
-//! The fsync blocks the flusher's thread: on a multi-threaded runtime the
-//! flusher first moves the runtime's other work off it
-//! (`tokio::task::block_in_place`); on the current-thread runtime of a
-//! simulated host it writes in place (the in-memory engine does not block),
-//! which keeps a simulation deterministic.
+//! ## The engine's own commits
+//! The state machines write to the storage engine `Buffered` (their state is
+//! durable through the log and snapshots, see `state_machine`), and redb
+//! frees the pages a buffered commit replaces only at its next durable commit.
+//! So that the engine file does not grow between snapshots, every
+//! [`ENGINE_SYNC_ROUNDS`] rounds the flusher also asks a second task to make
+//! the engine durable (an empty `Sync` write), off the log's path: etcd
+//! commits its backend on a timer for the same reason.
 //!
-//! Limits: [`ROUND_BATCHES_MAX`] writes and [`ROUND_BYTES_MAX`] bytes per
-//! round (and the engine's own per-batch limits); [`QUEUE_MAX`] writes
+//! The fsyncs block their thread: on a multi-threaded runtime the tasks
+//! first move the runtime's other work off it (`tokio::task::block_in_place`);
+//! on the current-thread runtime of a simulated host they run in place (the
+//! in-memory files do not block), which keeps a simulation deterministic.
+//!
+//! Limits: [`ROUND_WAITERS_MAX`] waiters answered per round; [`QUEUE_MAX`]
 //! waiting, beyond which writers wait for room.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use zongheng_storage::{Durability, Engine, StorageError, WriteBatch, BATCH_OPS_MAX, BATCH_SIZE_BYTES_MAX};
+use zongheng_storage::wal::Wal;
+use zongheng_storage::{Durability, Engine, StorageError, WriteBatch};
 
-/// Most writes merged into one fsync.
-pub const ROUND_BATCHES_MAX: usize = 1_024;
-/// Most bytes (keys and values) merged into one fsync.
-pub const ROUND_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Most writes waiting for the flusher.
+/// Most waiters answered after one fsync.
+pub const ROUND_WAITERS_MAX: usize = 1_024;
+/// Most waiters queued for the flusher.
 pub const QUEUE_MAX: usize = 8_192;
+/// Log fsync rounds per durable commit of the storage engine.
+pub const ENGINE_SYNC_ROUNDS: u64 = 64;
 
-/// Told the round's outcome: `Err` carries the engine's error as text (one
+/// Told the round's outcome: `Err` carries the log's error as text (one
 /// error, many waiters).
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
-struct Pending {
-    /// Empty for a flush.
-    batch: WriteBatch,
-    bytes: usize,
-    done: Done,
-}
-
-/// The node's shared synced-write path (see the module doc).
+/// The node's shared log-sync path (see the module doc).
 pub struct GroupCommit {
+    wal: Arc<Wal>,
     engine: Arc<dyn Engine>,
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Done>,
     counters: Arc<Counters>,
 }
 
 /// What the flusher has done, for the node's statistics and benchmarks.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Synced writes and flushes asked for.
+    /// Syncs and flushes asked for.
     pub writes: AtomicU64,
-    /// fsyncs (engine writes with `Durability::Sync`) that carried them.
+    /// Log fsyncs that carried them.
     pub syncs: AtomicU64,
+    /// Durable commits of the storage engine.
+    pub engine_syncs: AtomicU64,
 }
 
 impl GroupCommit {
-    /// Start the flusher for `engine` on the current runtime; it stops when
-    /// the last handle is dropped.
-    pub fn start(engine: Arc<dyn Engine>) -> Arc<Self> {
+    /// Start the flusher for `wal` (and the engine's committer for `engine`)
+    /// on the current runtime; both stop when the last handle is dropped.
+    pub fn start(wal: Arc<Wal>, engine: Arc<dyn Engine>) -> Arc<Self> {
         let (queue, receiver) = mpsc::channel(QUEUE_MAX);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(flush(engine.clone(), receiver, counters.clone()));
+        // One request may wait: asks while a commit runs merge into it.
+        let (engine_wanted, engine_requests) = mpsc::channel(1);
+        tokio::spawn(flush(wal.clone(), receiver, counters.clone(), engine_wanted));
+        tokio::spawn(commit_engine(engine.clone(), engine_requests, counters.clone()));
         Arc::new(Self {
+            wal,
             engine,
             queue,
             counters,
         })
     }
 
-    /// The engine the flusher writes to (reads go to it directly).
+    /// The node's log.
+    pub fn wal(&self) -> &Arc<Wal> {
+        &self.wal
+    }
+
+    /// The engine the state machines write to.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
     }
@@ -107,140 +110,116 @@ impl GroupCommit {
         &self.counters
     }
 
-    /// Write `batch` durably, sharing the fsync with whatever else is
-    /// waiting; returns once it is on stable storage.
-    pub async fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        batch.validate()?;
-        let bytes = batch_bytes(&batch);
+    /// Return once everything written to the log before this call is durable,
+    /// sharing the fsync with whatever else is waiting.
+    pub async fn sync(&self) -> Result<(), StorageError> {
         let (done, finished) = oneshot::channel();
-        self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        let done: Done = Box::new(move |result| {
+        self.after_flush(move |result| {
             let _ = done.send(result);
-        });
-        self.queue
-            .send(Pending { batch, bytes, done })
-            .await
-            .map_err(|_| flusher_gone())?;
+        })
+        .await?;
         finished
             .await
             .map_err(|_| flusher_gone())?
             .map_err(|message| StorageError::Io {
-                context: "writing a group commit",
+                context: "syncing the log",
                 source: std::io::Error::other(message),
             })
     }
 
-    /// Call `done` once every write made to the engine before this call is
+    /// Call `done` once everything written to the log before this call is
     /// durable (after the next round's fsync). Does not wait for it.
     pub async fn after_flush(
         &self,
         done: impl FnOnce(Result<(), String>) + Send + 'static,
     ) -> Result<(), StorageError> {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.queue
-            .send(Pending {
-                batch: WriteBatch::new(),
-                bytes: 0,
-                done: Box::new(done),
-            })
-            .await
-            .map_err(|_| flusher_gone())
+        self.queue.send(Box::new(done)).await.map_err(|_| flusher_gone())
     }
 }
 
 fn flusher_gone() -> StorageError {
     StorageError::Io {
-        context: "queueing a group commit",
+        context: "queueing a log sync",
         source: std::io::Error::other("the group-commit flusher stopped"),
     }
 }
 
-fn batch_bytes(batch: &WriteBatch) -> usize {
-    batch
-        .ops()
-        .iter()
-        .map(|op| match op {
-            zongheng_storage::Op::Put { key, value } => key.len() + value.len(),
-            zongheng_storage::Op::Delete { key } => key.len(),
-            zongheng_storage::Op::DeleteRange { start, end } => start.len() + end.len(),
-        })
-        .sum()
-}
-
-/// The flusher: one merged synced write per round (see the module doc).
-async fn flush(engine: Arc<dyn Engine>, mut receiver: mpsc::Receiver<Pending>, counters: Arc<Counters>) {
-    let mut carried: Option<Pending> = None;
+/// The flusher: one log fsync per round (see the module doc).
+async fn flush(
+    wal: Arc<Wal>,
+    mut receiver: mpsc::Receiver<Done>,
+    counters: Arc<Counters>,
+    engine_wanted: mpsc::Sender<()>,
+) {
+    let mut rounds = 0u64;
     loop {
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match receiver.recv().await {
-                Some(pending) => pending,
-                None => return,
-            },
-        };
-        let mut round = vec![first];
-        let mut ops = round[0].batch.len();
-        let mut bytes = round[0].bytes;
-        while round.len() < ROUND_BATCHES_MAX {
+        let Some(first) = receiver.recv().await else { return };
+        let mut waiters = vec![first];
+        while waiters.len() < ROUND_WAITERS_MAX {
             let Ok(next) = receiver.try_recv() else { break };
-            let fits = ops + next.batch.len() <= BATCH_OPS_MAX
-                && bytes + next.bytes <= ROUND_BYTES_MAX.min(BATCH_SIZE_BYTES_MAX);
-            if !fits {
-                carried = Some(next);
-                break;
-            }
-            ops += next.batch.len();
-            bytes += next.bytes;
-            round.push(next);
+            waiters.push(next);
         }
-        let mut merged = WriteBatch::new();
-        let mut waiters = Vec::with_capacity(round.len());
-        for pending in round {
-            merged.extend(pending.batch);
-            waiters.push(pending.done);
-        }
-        let result = write_blocking(&*engine, merged).map_err(|error| error.to_string());
+        let result = super::off_runtime(|| wal.sync()).map_err(|error| error.to_string());
         counters.syncs.fetch_add(1, Ordering::Relaxed);
         for waiter in waiters {
             waiter(result.clone());
         }
+        rounds += 1;
+        if rounds.is_multiple_of(ENGINE_SYNC_ROUNDS) {
+            let _ = engine_wanted.try_send(());
+        }
     }
 }
 
-/// One synced engine write, off the async scheduler where there is one.
-fn write_blocking(engine: &dyn Engine, batch: WriteBatch) -> Result<(), StorageError> {
-    super::off_runtime(|| engine.write(batch, Durability::Sync))
+/// The engine's committer: a durable engine commit whenever the flusher
+/// asks (see the module doc). Stops with the flusher.
+async fn commit_engine(engine: Arc<dyn Engine>, mut wanted: mpsc::Receiver<()>, counters: Arc<Counters>) {
+    while wanted.recv().await.is_some() {
+        match super::off_runtime(|| engine.write(WriteBatch::new(), Durability::Sync)) {
+            Ok(()) => {
+                counters.engine_syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            // Nothing depends on this commit for durability: it only lets
+            // the engine reuse pages. Say so and try again next time.
+            Err(error) => tracing::warn!(%error, "a periodic durable commit of the storage engine failed"),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use zongheng_storage::wal::MemFiles;
     use zongheng_storage::MemEngine;
 
     use super::*;
 
-    fn put(key: &str) -> WriteBatch {
-        let mut batch = WriteBatch::new();
-        batch.put(key.as_bytes().to_vec(), b"v".to_vec());
-        batch
+    fn start() -> (MemFiles, Arc<GroupCommit>) {
+        let files = MemFiles::new();
+        let wal = Arc::new(Wal::open(Arc::new(files.clone())).unwrap());
+        (files, GroupCommit::start(wal, Arc::new(MemEngine::new())))
     }
 
     #[tokio::test]
-    async fn concurrent_writes_share_fsyncs_and_are_durable_when_answered() {
-        let engine = Arc::new(MemEngine::new());
-        let commit = GroupCommit::start(engine.clone());
-        let writers: Vec<_> = (0..64)
-            .map(|index| {
+    async fn concurrent_syncs_share_fsyncs_and_are_durable_when_answered() {
+        let (files, commit) = start();
+        let writers: Vec<_> = (0..64u64)
+            .map(|group| {
                 let commit = commit.clone();
-                tokio::spawn(async move { commit.write_synced(put(&format!("k{index:02}"))).await })
+                tokio::spawn(async move {
+                    commit.wal().append(group, 1, &[b"entry"]).unwrap();
+                    commit.sync().await
+                })
             })
             .collect();
         for writer in writers {
             writer.await.unwrap().unwrap();
         }
         // Every answered write survives a crash.
-        engine.crash();
-        for index in 0..64 {
-            assert!(engine.get(format!("k{index:02}").as_bytes()).unwrap().is_some());
+        files.crash(0);
+        let wal = Wal::open(Arc::new(files)).unwrap();
+        for group in 0..64 {
+            assert_eq!(wal.bounds(group), Some((1, 2)));
         }
         let writes = commit.counters().writes.load(Ordering::Relaxed);
         let syncs = commit.counters().syncs.load(Ordering::Relaxed);
@@ -249,10 +228,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_flush_is_answered_once_earlier_buffered_writes_are_durable() {
-        let engine = Arc::new(MemEngine::new());
-        let commit = GroupCommit::start(engine.clone());
-        engine.write(put("buffered"), Durability::Buffered).unwrap();
+    async fn a_flush_is_answered_once_earlier_writes_are_durable() {
+        let (files, commit) = start();
+        commit.wal().append(9, 1, &[b"buffered"]).unwrap();
         let (told, answer) = oneshot::channel();
         commit
             .after_flush(move |result| {
@@ -261,19 +239,29 @@ mod tests {
             .await
             .unwrap();
         answer.await.unwrap().unwrap();
-        engine.crash();
-        assert!(engine.get(b"buffered").unwrap().is_some(), "flushed before the answer");
+        files.crash(0);
+        let wal = Wal::open(Arc::new(files)).unwrap();
+        assert_eq!(wal.entries(9, 1, 2).unwrap(), vec![b"buffered".to_vec()]);
     }
 
     #[tokio::test]
-    async fn a_batch_over_a_limit_is_refused_alone() {
+    async fn the_engine_is_made_durable_every_so_many_rounds() {
         let engine = Arc::new(MemEngine::new());
-        let commit = GroupCommit::start(engine.clone());
-        let mut oversized = WriteBatch::new();
-        oversized.put(vec![b'k'; zongheng_storage::KEY_SIZE_BYTES_MAX + 1], b"v".to_vec());
-        let (refused, accepted) = tokio::join!(commit.write_synced(oversized), commit.write_synced(put("fine")));
-        assert!(refused.is_err());
-        accepted.unwrap();
-        assert!(engine.get(b"fine").unwrap().is_some());
+        let wal = Arc::new(Wal::open(Arc::new(MemFiles::new())).unwrap());
+        let commit = GroupCommit::start(wal, engine.clone());
+        let mut batch = WriteBatch::new();
+        batch.put(b"state".to_vec(), b"v".to_vec());
+        engine.write(batch, Durability::Buffered).unwrap();
+        for _ in 0..ENGINE_SYNC_ROUNDS {
+            commit.sync().await.unwrap();
+        }
+        for _ in 0..100 {
+            if commit.counters().engine_syncs.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        engine.crash();
+        assert!(engine.get(b"state").unwrap().is_some());
     }
 }

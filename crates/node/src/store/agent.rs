@@ -144,7 +144,10 @@ impl Agent {
         }
         if self.on_disk.is_none() {
             match replicas_on_disk(&*context.engine) {
-                Ok(on_disk) => self.on_disk = Some(on_disk),
+                Ok(on_disk) => {
+                    remove_orphan_logs(&context, &on_disk);
+                    self.on_disk = Some(on_disk);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "listing the replicas on disk");
                     return;
@@ -191,7 +194,9 @@ impl Agent {
                     tracing::warn!(partition, %error, "partition raft did not shut down cleanly");
                 }
             }
-            match purge(&*context.engine, partition) {
+            let purged = purge(&*context.engine, partition)
+                .and_then(|()| context.commit.wal().remove_group(group_of(partition)));
+            match purged {
                 Ok(()) => {
                     tracing::info!(
                         partition,
@@ -407,6 +412,25 @@ fn replicas_on_disk(engine: &dyn Engine) -> Result<BTreeMap<PartitionId, u64>, z
         }
     }
     Ok(replicas)
+}
+
+/// Drop the logs of partition groups with no replica record: a crash came
+/// between deleting a removed replica's data (record included) and removing
+/// its log, which would otherwise keep its log segments forever.
+fn remove_orphan_logs(context: &AgentContext, on_disk: &BTreeMap<PartitionId, u64>) {
+    let wal = context.commit.wal();
+    for group in wal.groups() {
+        let Some(partition) = crate::store::group::partition_of_group(group) else {
+            continue;
+        };
+        if on_disk.contains_key(&partition) {
+            continue;
+        }
+        match wal.remove_group(group) {
+            Ok(()) => tracing::info!(partition, "removed the log of a replica whose data was deleted"),
+            Err(error) => tracing::warn!(partition, %error, "removing the log of a deleted replica"),
+        }
+    }
 }
 
 /// Forget everything this node stored for `partition`, with the record of

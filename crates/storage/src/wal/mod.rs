@@ -136,6 +136,7 @@ impl State {
                     return Err(Inconsistent(why));
                 }
                 let log = self.groups.entry(*group).or_default();
+                while log.next() > *first && log.entries.pop_back().is_some() {}
                 if log.entries.is_empty() {
                     log.first = *first;
                 }
@@ -208,11 +209,13 @@ impl State {
     /// Why entries from `first` cannot be appended to `group`'s log, if they cannot.
     fn append_error(&self, group: u64, first: u64) -> Option<String> {
         let log = self.groups.get(&group)?;
-        let fits = if log.entries.is_empty() {
-            first >= log.first
-        } else {
-            first == log.next()
-        };
+        // An append over the log's tail replaces it from `first` on (the
+        // contract of a Raft log store: openraft truncates a conflicting
+        // suffix first, but a store must not keep entries after a rewritten
+        // one either way).
+        // An empty log may start anywhere: after a purge past its end (a
+        // snapshot installed), the next append starts after the snapshot.
+        let fits = log.entries.is_empty() || (first >= log.first && first <= log.next());
         (!fits).then(|| {
             format!(
                 "group {group}: an append at {first}, the log's next index is {}",
@@ -411,8 +414,8 @@ impl Wal {
     }
 
     /// Append `entries` to `group`'s log, the first at index `first`, which
-    /// must follow the log's last entry (or be any index at or after the
-    /// first one kept, if the log holds none). Durable after [`Wal::sync`].
+    /// must follow the log's last entry or replace entries from `first` on
+    /// (or be any index, if the log holds none). Durable after [`Wal::sync`].
     pub fn append(&self, group: u64, first: u64, entries: &[&[u8]]) -> Result<(), StorageError> {
         if let Some(entry) = entries.iter().find(|entry| entry.len() > ENTRY_BYTES_MAX) {
             return Err(StorageError::Limit {

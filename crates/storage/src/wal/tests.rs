@@ -116,17 +116,23 @@ fn truncate_then_append_replaces_the_suffix_across_a_restart() {
 }
 
 #[test]
-fn an_append_that_does_not_follow_the_log_is_refused_and_not_written() {
+fn an_append_with_a_gap_is_refused_and_one_over_the_tail_replaces_it() {
     let files = MemFiles::new();
     let wal = open(&files);
     append(&wal, 1, 1, 3, 10);
     let late = entry(1, 9, 10);
-    assert!(wal.append(1, 9, &[&late]).is_err());
-    assert!(wal.append(1, 2, &[&late]).is_err());
+    assert!(wal.append(1, 9, &[&late]).is_err(), "a gap");
     wal.sync().unwrap();
     drop(wal);
     let wal = open(&files);
     assert_eq!(wal.bounds(1), Some((1, 4)));
+    // An append over the tail replaces it from there on.
+    append(&wal, 1, 2, 1, 50);
+    assert_eq!(all(&wal, 1), vec![entry(1, 1, 10), entry(1, 2, 50)]);
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = open(&files);
+    assert_eq!(all(&wal, 1), vec![entry(1, 1, 10), entry(1, 2, 50)]);
 }
 
 #[test]
