@@ -1,8 +1,9 @@
 //! # zongheng-storage: the embedded storage engine behind a small trait
 //!
-//! Everything a node keeps on its own disk goes through this crate: the Raft log, the
-//! Raft state (vote, committed index, purged index), snapshots, and later the state of
-//! the data store's partitions. The API is one ordered byte keyspace per engine with
+//! Everything a node keeps on its own disk goes through this crate: the state machines'
+//! state kept on disk, snapshots and local records in an [`Engine`], and the Raft logs
+//! of every group (entries, vote, committed and purged index) in a [`wal::Wal`] of
+//! their own (see its module doc for why). The engine's API is one ordered byte keyspace with
 //! point reads, range scans in both directions, and atomic write batches
 //! ([`Engine`], [`WriteBatch`]). Keys are built from a Rust enum with an
 //! order-preserving encoding ([`Key`]), never from ad-hoc byte prefixes.
@@ -51,9 +52,9 @@
 //!
 //! ## What it does not do yet
 //!
-//! * Group commit: many Raft groups share one engine and one fsync per round; that
-//!   batching lives in the Raft log layer above, which hands this crate one large
-//!   `Sync` batch instead of many small ones.
+//! * Group commit: many Raft groups share one log and one fsync per round; the
+//!   batching of waiters lives in the Raft log layer above, which calls
+//!   [`wal::Wal::sync`] once per round.
 //! * Compression: values are stored as given.
 //! * Checksums beyond redb's own page checksums (XXH3-128): there is no end-to-end
 //!   checksum of values, and the in-memory engine has none at all.
