@@ -134,9 +134,12 @@ where
             Bound::Excluded(&index) => index,
             Bound::Unbounded => u64::MAX,
         };
-        let wal = self.wal.clone();
-        let group = self.group;
-        let stored = super::off_runtime(|| wal.entries(group, start, end)).map_err(|error| read_error(&error))?;
+        // Inline, as engine reads were: recent entries come from the page
+        // cache, and moving off the worker would cost more than the `pread`.
+        let stored = self
+            .wal
+            .entries(self.group, start, end)
+            .map_err(|error| read_error(&error))?;
         stored
             .iter()
             .map(|bytes| codec::decode(bytes).map_err(|error| read_error(&error)))
