@@ -9,7 +9,7 @@
 //! committed index), several 4 KiB pages scattered over the file. Measured on
 //! the 2-core benchmark machine: 411 µs p50 for the leader's fsync of one
 //! sequential put in the engine, against 85 µs for a 400-byte append and
-//! `fdatasync` into a preallocated file (`bench/results/2026-12-07-*-wal.md`).
+//! `fdatasync` into a preallocated file (`bench/results/2026-12-07-wal.md`).
 //! Here an append is one `pwrite` of a checksummed record and the round's
 //! fsync one `fdatasync` of the file appended to.
 //!
