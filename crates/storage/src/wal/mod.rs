@@ -38,9 +38,14 @@
 //! in a new segment. The same in any other segment is damage: the log refuses
 //! to open ([`StorageError::Corrupt`]) rather than silently lose entries.
 //!
-//! A segment is removed once no group needs its entries any more (purged or
-//! removed), oldest first, and only after the sync that made those purges
-//! durable; recovery then starts from the first segment's checkpoint. A
+//! A segment is removed once it holds no live entry of any group (the log
+//! counts live entries per segment), oldest first, and only after the sync
+//! that made the purges, truncations or rewrites that emptied it durable;
+//! recovery then starts from the first segment's checkpoint. A group that
+//! stays idle never purges, so once more than [`SEGMENTS_BEFORE_REWRITE`]
+//! segments exist, every group with entries in the older ones is copied
+//! whole to the end of the log at the next segment change (an append over its
+//! whole log, which replaces it), as raft-engine rewrites cold regions. A
 //! removal that a crash undoes leaves a segment before a gap in the
 //! numbering, which recovery deletes again. An entry the checkpoint says
 //! exists but that no remaining segment holds means a segment was lost:
@@ -50,12 +55,14 @@
 //! [`ENTRY_BYTES_MAX`] per entry, [`STATE_BYTES_MAX`] per state slot,
 //! [`RECORD_BYTES_MAX`] per record (an append larger than that is written as
 //! several records); a record larger than a segment gets a segment of its own
-//! size.
+//! size. A group's log is rewritten forward only up to
+//! [`REWRITE_GROUP_BYTES_MAX`] (one record, so a crash keeps all of the copy
+//! or none); a larger one keeps its old segments until its snapshots purge it.
 
 mod files;
 mod record;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -76,6 +83,12 @@ pub const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Most entries one group's log may hold in recovery's view of a checkpoint
 /// (a larger count is damage).
 const CHECKPOINT_ENTRIES_MAX: u64 = 1 << 32;
+/// Segments kept, newest first, before the groups that still have entries in
+/// older ones are rewritten to the end of the log (see `Wal::rewrite_old_groups`).
+pub const SEGMENTS_BEFORE_REWRITE: usize = 4;
+/// The largest log of one group that is rewritten (in one record, read into
+/// memory at once; see `Wal::rewrite_old_groups`).
+pub const REWRITE_GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Entries closer than this in one segment are read with one `pread`.
 const READ_MERGE_GAP_BYTES: u64 = 256;
 
@@ -105,8 +118,9 @@ impl GroupLog {
 
 struct State {
     groups: BTreeMap<u64, GroupLog>,
-    /// Per segment, the last entry index of each group it holds entries of.
-    segments: BTreeMap<u64, HashMap<u64, u64>>,
+    /// Per segment, how many live entries (of any group) it holds: one with
+    /// none, older than the active one, can go.
+    segments: BTreeMap<u64, usize>,
     active: u64,
     active_size: u64,
     /// Where the next record goes in the active segment.
@@ -130,13 +144,29 @@ impl State {
 
     /// Apply `record`, read from (or written to) `segment` with its body at `body_offset`.
     fn apply(&mut self, record: &Record<'_>, segment: u64, body_offset: u64) -> Result<(), Inconsistent> {
+        if let Record::Entries { group, first, .. } = record {
+            if let Some(why) = self.append_error(*group, *first) {
+                return Err(Inconsistent(why));
+            }
+        }
+        let State { groups, segments, .. } = self;
+        // An entry leaves the log: its segment holds one live entry fewer.
+        let mut release = |location: Option<Location>| {
+            if let Some(location) = location {
+                if let Some(live) = segments.get_mut(&location.segment) {
+                    *live = live.saturating_sub(1);
+                }
+            }
+        };
         match record {
             Record::Entries { group, first, entries } => {
-                if let Some(why) = self.append_error(*group, *first) {
-                    return Err(Inconsistent(why));
+                let log = groups.entry(*group).or_default();
+                while log.next() > *first {
+                    match log.entries.pop_back() {
+                        Some(location) => release(location),
+                        None => break,
+                    }
                 }
-                let log = self.groups.entry(*group).or_default();
-                while log.next() > *first && log.entries.pop_back().is_some() {}
                 if log.entries.is_empty() {
                     log.first = *first;
                 }
@@ -147,37 +177,42 @@ impl State {
                         length,
                     }));
                 }
-                if !entries.is_empty() {
-                    let last = log.next() - 1;
-                    let held = self.segments.entry(segment).or_default().entry(*group).or_insert(last);
-                    *held = (*held).max(last);
-                }
+                *segments.entry(segment).or_default() += entries.len();
             }
             Record::State { group, slot, bytes } => {
-                self.groups
-                    .entry(*group)
-                    .or_default()
-                    .slots
-                    .insert(*slot, bytes.to_vec());
+                groups.entry(*group).or_default().slots.insert(*slot, bytes.to_vec());
             }
             Record::Truncate { group, from } => {
-                if let Some(log) = self.groups.get_mut(group) {
-                    while log.next() > *from && log.entries.pop_back().is_some() {}
+                if let Some(log) = groups.get_mut(group) {
+                    while log.next() > *from {
+                        match log.entries.pop_back() {
+                            Some(location) => release(location),
+                            None => break,
+                        }
+                    }
                 }
             }
             Record::Purge { group, upto } => {
-                let log = self.groups.entry(*group).or_default();
-                while log.first <= *upto && log.entries.pop_front().is_some() {
+                let log = groups.entry(*group).or_default();
+                while log.first <= *upto {
+                    match log.entries.pop_front() {
+                        Some(location) => release(location),
+                        None => break,
+                    }
                     log.first += 1;
                 }
                 log.first = log.first.max(upto.saturating_add(1));
             }
             Record::RemoveGroup { group } => {
-                self.groups.remove(group);
+                if let Some(log) = groups.remove(group) {
+                    log.entries.into_iter().for_each(&mut release);
+                }
             }
-            Record::Checkpoint { groups } => {
-                self.groups.clear();
-                for checkpoint in groups {
+            Record::Checkpoint { groups: checkpoints } => {
+                for (_, log) in std::mem::take(groups) {
+                    log.entries.into_iter().for_each(&mut release);
+                }
+                for checkpoint in checkpoints {
                     let count = checkpoint
                         .next
                         .checked_sub(checkpoint.first)
@@ -188,7 +223,7 @@ impl State {
                             checkpoint.group, checkpoint.first, checkpoint.next
                         )));
                     };
-                    self.groups.insert(
+                    groups.insert(
                         checkpoint.group,
                         GroupLog {
                             first: checkpoint.first,
@@ -246,15 +281,22 @@ impl State {
     fn removable(&self) -> Vec<u64> {
         self.segments
             .iter()
-            .take_while(|(&id, held)| {
-                id < self.active
-                    && held
-                        .iter()
-                        .all(|(group, &last)| self.groups.get(group).is_none_or(|log| log.first > last))
-            })
+            .take_while(|(&id, &live)| id < self.active && live == 0)
             .map(|(&id, _)| id)
             .collect()
     }
+}
+
+/// The end of the run of `entries` from `start` that fits in one record
+/// (at least one entry).
+fn record_end<T: AsRef<[u8]>>(entries: &[T], start: usize) -> usize {
+    let mut end = start;
+    let mut bytes = 21;
+    while end < entries.len() && (end == start || bytes + 4 + entries[end].as_ref().len() <= RECORD_BYTES_MAX) {
+        bytes += 4 + entries[end].as_ref().len();
+        end += 1;
+    }
+    end
 }
 
 /// How big the log is, for a node's statistics.
@@ -388,14 +430,25 @@ impl Wal {
         Ok(())
     }
 
-    /// Append `body` as one record, then apply it to the index.
+    /// Append `body` as one record, then apply it to the index; after a
+    /// rotation, rewrite the groups that keep old segments (see
+    /// [`SEGMENTS_BEFORE_REWRITE`]).
     fn write(&self, body: Vec<u8>) -> Result<(), StorageError> {
-        let framed = record::frame(&body);
         let mut state = self.state.lock();
-        if state.offset + framed.len() as u64 > state.active_size {
-            self.rotate(&mut state, framed.len())?;
+        if self.write_locked(&mut state, &body)? {
+            self.rewrite_old_groups(&mut state)?;
         }
-        let decoded = record::decode(&body).expect("a record just encoded decodes");
+        Ok(())
+    }
+
+    /// [`Wal::write`] under the lock; returns whether it started a segment.
+    fn write_locked(&self, state: &mut State, body: &[u8]) -> Result<bool, StorageError> {
+        let framed = record::frame(body);
+        let rotated = state.offset + framed.len() as u64 > state.active_size;
+        if rotated {
+            self.rotate(state, framed.len())?;
+        }
+        let decoded = record::decode(body).expect("a record just encoded decodes");
         // Check before writing: a record that does not apply is the caller's
         // bug, and must not reach the disk to fail recovery later.
         if let Record::Entries { group, first, .. } = &decoded {
@@ -410,7 +463,61 @@ impl Wal {
         state.offset += framed.len() as u64;
         state
             .apply(&decoded, segment, offset + HEADER_BYTES as u64)
-            .map_err(|Inconsistent(why)| invalid(why))
+            .map_err(|Inconsistent(why)| invalid(why))?;
+        Ok(rotated)
+    }
+
+    /// Copy the whole log of every group that still has entries in a
+    /// segment older than the newest [`SEGMENTS_BEFORE_REWRITE`] to the end
+    /// of the log, so that those segments can go. Without this, a group that
+    /// stays idle (a partition nobody writes to never snapshots, so never
+    /// purges) would keep its oldest segment, and so every later one, for
+    /// good; raft-engine rewrites such groups the same way. The copy is an
+    /// append over the group's whole log (which replaces it), written under
+    /// the lock so that no append of the group comes in between.
+    fn rewrite_old_groups(&self, state: &mut State) -> Result<(), StorageError> {
+        let old = state.segments.len().saturating_sub(SEGMENTS_BEFORE_REWRITE);
+        let Some(&newest_old) = state.segments.keys().nth(old.saturating_sub(1)).filter(|_| old > 0) else {
+            return Ok(());
+        };
+        let pinning: Vec<u64> = state
+            .groups
+            .iter()
+            .filter(|(_, log)| {
+                log.entries
+                    .iter()
+                    .any(|location| location.is_some_and(|location| location.segment <= newest_old))
+            })
+            .map(|(&group, _)| group)
+            .collect();
+        for group in pinning {
+            let (first, locations) = {
+                let log = &state.groups[&group];
+                let locations: Vec<Location> = log
+                    .entries
+                    .iter()
+                    .map(|location| location.expect("no holes outside recovery"))
+                    .collect();
+                (log.first, locations)
+            };
+            // One record, so that a crash keeps either the whole copy or none
+            // of it (the old segments stay until a sync covers the copy); a
+            // log too large for that is left to its snapshots' purges.
+            let bytes: usize = locations.iter().map(|location| location.length as usize + 4).sum();
+            if bytes > REWRITE_GROUP_BYTES_MAX {
+                tracing::warn!(
+                    group,
+                    bytes,
+                    "a group's log is too large to rewrite; its old segments stay until it purges"
+                );
+                continue;
+            }
+            let entries = self.read_locations(&locations)?;
+            let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+            let (body, _) = record::entries(group, first, &refs);
+            self.write_locked(state, &body)?;
+        }
+        Ok(())
     }
 
     /// Append `entries` to `group`'s log, the first at index `first`, which
@@ -427,12 +534,7 @@ impl Wal {
         }
         let mut start = 0;
         while start < entries.len() {
-            let mut end = start;
-            let mut bytes = 21;
-            while end < entries.len() && (end == start || bytes + 4 + entries[end].len() <= RECORD_BYTES_MAX) {
-                bytes += 4 + entries[end].len();
-                end += 1;
-            }
+            let end = record_end(entries, start);
             let (body, _) = record::entries(group, first + start as u64, &entries[start..end]);
             self.write(body)?;
             start = end;
@@ -510,6 +612,11 @@ impl Wal {
                 .map(|location| location.expect("no holes outside recovery"))
                 .collect()
         };
+        self.read_locations(&locations)
+    }
+
+    /// The bytes at `locations`, with one read per run of neighbours.
+    fn read_locations(&self, locations: &[Location]) -> Result<Vec<Vec<u8>>, StorageError> {
         let mut entries = Vec::with_capacity(locations.len());
         let mut run_start = 0;
         while run_start < locations.len() {

@@ -394,3 +394,41 @@ fn the_directory_files_keep_the_log_across_a_reopen() {
     let names = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
     assert_eq!(names, 1);
 }
+
+#[test]
+fn an_idle_group_is_rewritten_forward_instead_of_keeping_every_segment() {
+    let files = MemFiles::with_segment_bytes(SMALL_SEGMENT);
+    let wal = open(&files);
+    // Group 9 writes three entries and then nothing: it never purges.
+    append(&wal, 9, 1, 3, 50);
+    wal.set_state(9, 0, b"vote-9").unwrap();
+    // Group 1 writes and purges for a long time.
+    for round in 0..200u64 {
+        append(&wal, 1, 1 + round * 4, 4, 300);
+        if round % 5 == 4 {
+            wal.purge(1, round * 4).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+    let segments = files.list().unwrap().len();
+    // Without the rewrite, group 9's three entries would keep all 67.
+    assert!(
+        segments <= 8,
+        "{segments} segments kept for about {} bytes of live log",
+        20 * 300
+    );
+    drop(wal);
+    files.crash(0);
+    let wal = open(&files);
+    assert_eq!(
+        all(&wal, 9),
+        (1..4).map(|index| entry(9, index, 50)).collect::<Vec<_>>()
+    );
+    assert_eq!(wal.state(9, 0).as_deref(), Some(&b"vote-9"[..]));
+    let (first, next) = wal.bounds(1).unwrap();
+    assert_eq!(next, 801);
+    assert_eq!(
+        all(&wal, 1),
+        (first..next).map(|index| entry(1, index, 300)).collect::<Vec<_>>()
+    );
+}
