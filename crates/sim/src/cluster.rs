@@ -58,9 +58,10 @@ pub const CLIENT_HOST: &str = "client";
 /// Where simulated time starts: a fixed instant, so nothing in a run depends on
 /// when it ran (turmoil's default epoch is the wall clock).
 const EPOCH_SECS: u64 = 1_700_000_000;
-/// Bytes per Raft log segment of a simulated host: small, so that runs
-/// rotate segments and remove purged ones often.
-const LOG_SEGMENT_BYTES: u64 = 64 * 1024;
+/// Bytes per Raft log segment of a simulated host: small (a few dozen
+/// entries), so that runs rotate segments, rewrite groups forward and remove
+/// segments often.
+const LOG_SEGMENT_BYTES: u64 = 4 * 1024;
 
 /// How many bytes past its last fsync a crashed host's log keeps: from a
 /// hash of the host and the time, so a seed replays the same crashes.

@@ -57,7 +57,8 @@
 //! several records); a record larger than a segment gets a segment of its own
 //! size. A group's log is rewritten forward only up to
 //! [`REWRITE_GROUP_BYTES_MAX`] (one record, so a crash keeps all of the copy
-//! or none); a larger one keeps its old segments until its snapshots purge it.
+//! or none); a larger one is a busy group's, and keeps its old segments until
+//! its snapshots purge it.
 
 mod files;
 mod record;
@@ -87,8 +88,10 @@ const CHECKPOINT_ENTRIES_MAX: u64 = 1 << 32;
 /// older ones are rewritten to the end of the log (see `Wal::rewrite_old_groups`).
 pub const SEGMENTS_BEFORE_REWRITE: usize = 4;
 /// The largest log of one group that is rewritten (in one record, read into
-/// memory at once; see `Wal::rewrite_old_groups`).
-pub const REWRITE_GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// memory at once, under the log's lock; see `Wal::rewrite_old_groups`). The
+/// groups that keep old segments for good are idle ones with a few entries;
+/// a busy group's log is purged by its snapshots.
+pub const REWRITE_GROUP_BYTES_MAX: usize = 1024 * 1024;
 /// Entries closer than this in one segment are read with one `pread`.
 const READ_MERGE_GAP_BYTES: u64 = 256;
 
@@ -502,7 +505,7 @@ impl Wal {
             };
             // One record, so that a crash keeps either the whole copy or none
             // of it (the old segments stay until a sync covers the copy); a
-            // log too large for that is left to its snapshots' purges.
+            // larger log is a busy group's, left to its snapshots' purges.
             let bytes: usize = locations.iter().map(|location| location.length as usize + 4).sum();
             if bytes > REWRITE_GROUP_BYTES_MAX {
                 tracing::warn!(
@@ -516,6 +519,7 @@ impl Wal {
             let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
             let (body, _) = record::entries(group, first, &refs);
             self.write_locked(state, &body)?;
+            tracing::debug!(group, entries = entries.len(), bytes, "rewrote a group's log forward");
         }
         Ok(())
     }
