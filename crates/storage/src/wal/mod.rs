@@ -395,6 +395,12 @@ impl Wal {
                 )));
             }
         }
+        // What was replayed must stay: after a process crash the last
+        // segment's tail may be in the page cache only, and the records
+        // written from now on (durable) must never outlive it.
+        if let Some(&last) = ids.last() {
+            files.sync(last).map_err(io_error("syncing the log's last segment"))?;
+        }
         state.active = ids.last().copied().unwrap_or(0);
         let wal = Self {
             files,
