@@ -288,8 +288,8 @@ pub fn migrate_engine_log(engine: &dyn Engine, wal: &Wal) -> Result<usize, zongh
     }
     let mut groups = std::collections::BTreeSet::new();
     let mut from = start.clone();
-    // Per group being moved: the index the next entry must have, and the
-    // purged index to apply once its entries are in.
+    // Per group being moved: the index its next entry should have, and the
+    // index it was purged up to (its purge key sorts before its entries).
     let mut next: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut purged_upto: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     loop {
