@@ -876,20 +876,17 @@ async fn host_software(
     };
     let transport = SimTransport::default();
     lock(&slots).get_mut(&name).expect("every host has a slot").transport = Some(transport.clone());
-    let wal = match Wal::open(Arc::new(log)) {
-        Ok(wal) => Arc::new(wal),
-        Err(error) => {
-            let detail = format!("{name} (start {incarnation}) cannot open its log: {error}");
-            monitor.violation(Invariant::HostFailed, detail.clone());
-            raft_trace.record(detail);
-            std::future::pending::<()>().await;
-            return Ok(());
-        }
+    let started = async {
+        let wal = Arc::new(Wal::open(Arc::new(log)).map_err(|error| format!("cannot open its log: {error}"))?);
+        let node = zongheng::node::start(config, Arc::new(transport), disk, wal.clone())
+            .await
+            .map_err(|error| format!("failed to start: {error}"))?;
+        Ok::<_, String>((wal, node))
     };
-    let node = match zongheng::node::start(config, Arc::new(transport), disk, wal.clone()).await {
-        Ok(node) => node,
-        Err(error) => {
-            let detail = format!("{name} (start {incarnation}) failed to start: {error}");
+    let (wal, node) = match started.await {
+        Ok(started) => started,
+        Err(problem) => {
+            let detail = format!("{name} (start {incarnation}) {problem}");
             monitor.violation(Invariant::HostFailed, detail.clone());
             raft_trace.record(detail);
             std::future::pending::<()>().await;

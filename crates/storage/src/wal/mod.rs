@@ -292,11 +292,15 @@ impl State {
 
 /// The end of the run of `entries` from `start` that fits in one record
 /// (at least one entry).
-fn record_end<T: AsRef<[u8]>>(entries: &[T], start: usize) -> usize {
+fn record_end(entries: &[&[u8]], start: usize) -> usize {
     let mut end = start;
-    let mut bytes = 21;
-    while end < entries.len() && (end == start || bytes + 4 + entries[end].as_ref().len() <= RECORD_BYTES_MAX) {
-        bytes += 4 + entries[end].as_ref().len();
+    let mut bytes = record::ENTRIES_HEADER_BYTES;
+    while end < entries.len() {
+        let more = record::ENTRY_LENGTH_BYTES + entries[end].len();
+        if end > start && bytes + more > RECORD_BYTES_MAX {
+            break;
+        }
+        bytes += more;
         end += 1;
     }
     end
@@ -457,6 +461,8 @@ impl Wal {
         if rotated {
             self.rotate(state, framed.len())?;
         }
+        // The record applied is the one decoded from the bytes written, so
+        // the live index is exactly what recovery will rebuild from them.
         let decoded = record::decode(body).expect("a record just encoded decodes");
         // Check before writing: a record that does not apply is the caller's
         // bug, and must not reach the disk to fail recovery later.
@@ -523,7 +529,7 @@ impl Wal {
             }
             let entries = self.read_locations(&locations)?;
             let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
-            let (body, _) = record::entries(group, first, &refs);
+            let body = record::entries(group, first, &refs);
             self.write_locked(state, &body)?;
             tracing::debug!(group, entries = entries.len(), bytes, "rewrote a group's log forward");
         }
@@ -545,7 +551,7 @@ impl Wal {
         let mut start = 0;
         while start < entries.len() {
             let end = record_end(entries, start);
-            let (body, _) = record::entries(group, first + start as u64, &entries[start..end]);
+            let body = record::entries(group, first + start as u64, &entries[start..end]);
             self.write(body)?;
             start = end;
         }

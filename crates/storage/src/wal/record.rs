@@ -17,6 +17,12 @@
 //! Kinds are part of the on-disk format: never change or reuse one.
 
 pub(super) const HEADER_BYTES: usize = 8;
+/// Bytes of an entries record before its entries: kind, group, first index, count.
+pub(super) const ENTRIES_HEADER_BYTES: usize = 1 + 8 + 8 + 4;
+/// Bytes of the length in front of each entry of an entries record.
+pub(super) const ENTRY_LENGTH_BYTES: usize = 4;
+/// The fewest bytes one group takes in a checkpoint: group, first, next, slot count.
+const CHECKPOINT_GROUP_MIN_BYTES: usize = 8 + 8 + 8 + 1;
 
 const KIND_ENTRIES: u8 = 1;
 const KIND_STATE: u8 = 2;
@@ -115,22 +121,24 @@ pub(super) fn frame(body: &[u8]) -> Vec<u8> {
     framed
 }
 
-/// The body of an entries record, and each entry's (offset in the body, length).
-pub(super) fn entries(group: u64, first: u64, entries: &[&[u8]]) -> (Vec<u8>, Vec<(usize, u32)>) {
-    let size = 21 + entries.iter().map(|entry| 4 + entry.len()).sum::<usize>();
+/// The body of an entries record.
+pub(super) fn entries(group: u64, first: u64, entries: &[&[u8]]) -> Vec<u8> {
+    let size = ENTRIES_HEADER_BYTES
+        + entries
+            .iter()
+            .map(|entry| ENTRY_LENGTH_BYTES + entry.len())
+            .sum::<usize>();
     let mut body = Vec::with_capacity(size);
     body.push(KIND_ENTRIES);
     body.extend_from_slice(&group.to_le_bytes());
     body.extend_from_slice(&first.to_le_bytes());
     body.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    let mut positions = Vec::with_capacity(entries.len());
     for entry in entries {
         let length = u32::try_from(entry.len()).expect("entries are bounded below 4 GiB");
         body.extend_from_slice(&length.to_le_bytes());
-        positions.push((body.len(), length));
         body.extend_from_slice(entry);
     }
-    (body, positions)
+    body
 }
 
 pub(super) fn state(group: u64, slot: u8, bytes: &[u8]) -> Vec<u8> {
@@ -225,9 +233,9 @@ pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
             let group = reader.u64()?;
             let first = reader.u64()?;
             let count = reader.u32()? as usize;
-            // Each entry takes at least its 4-byte length: a count beyond
-            // that is damage, not a reason to allocate.
-            if count > body.len() / 4 {
+            // Each entry takes at least its length: a count beyond that is
+            // damage, not a reason to allocate.
+            if count > body.len() / ENTRY_LENGTH_BYTES {
                 return Err(format!("an entries record claims {count} entries"));
             }
             let mut entries = Vec::with_capacity(count);
@@ -254,7 +262,7 @@ pub(super) fn decode(body: &[u8]) -> Result<Record<'_>, String> {
         KIND_REMOVE_GROUP => Record::RemoveGroup { group: reader.u64()? },
         KIND_CHECKPOINT => {
             let count = reader.u32()? as usize;
-            if count > body.len() / 25 {
+            if count > body.len() / CHECKPOINT_GROUP_MIN_BYTES {
                 return Err(format!("a checkpoint claims {count} groups"));
             }
             let mut groups = Vec::with_capacity(count);
