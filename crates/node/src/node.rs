@@ -65,6 +65,11 @@ pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 1_000;
 /// Most open peer connections per node (peers keep one each; the rest is
 /// headroom for restarts and joining members).
 pub const PEER_CONNECTIONS_MAX: usize = 256;
+/// HTTP/2 receive window of one stream on the peer listener: twice the
+/// largest append message (`raft::network::APPEND_ENTRIES_BYTES_MAX`); a
+/// connection's window is twice this. Unread bytes per peer connection are
+/// bounded by the connection's window.
+pub const PEER_STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
 /// How long a joining node keeps asking the cluster for its member id.
 const JOIN_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -356,7 +361,15 @@ pub async fn start(
     let mut signal = shutdown_signal.clone();
     tasks.push(tokio::spawn(async move {
         let routes = tonic::service::Routes::new(peer_service);
-        crate::net::serve::serve(routes, peer_listener, ServeOptions::default(), async move {
+        // All Raft traffic from a peer shares one long-lived stream
+        // (`raft::batch`): its window must hold a whole append batch, or
+        // every large append waits for window updates.
+        let options = ServeOptions {
+            stream_window_bytes: Some(PEER_STREAM_WINDOW_BYTES),
+            connection_window_bytes: Some(2 * PEER_STREAM_WINDOW_BYTES),
+            ..ServeOptions::default()
+        };
+        crate::net::serve::serve(routes, peer_listener, options, async move {
             let _ = signal.wait_for(|stop| *stop).await;
         })
         .await;
@@ -484,6 +497,7 @@ pub async fn start(
         );
         let options = ServeOptions {
             max_concurrent_streams: Some(CLIENT_STREAMS_PER_CONNECTION_MAX),
+            ..ServeOptions::default()
         };
         crate::net::serve::serve(routes, client_listener, options, async move {
             let _ = signal.wait_for(|stop| *stop).await;

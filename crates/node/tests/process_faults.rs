@@ -33,7 +33,10 @@ use zongheng_proto::etcdserverpb::{
     compare, request_op, Compare, MemberRemoveRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest,
 };
 use zongheng_proto::peer::peer_client::PeerClient;
-use zongheng_proto::peer::{raft_batch_answer, RaftBatchItem, RaftBatchRequest, RaftKind, RaftRequest};
+use zongheng_proto::peer::{
+    raft_batch_answer, raft_stream_answer, RaftBatchItem, RaftBatchRequest, RaftKind, RaftRequest, RaftStreamAnswer,
+    RaftStreamItem, RaftStreamRequest,
+};
 
 /// How long a client may take to get a write through after the leader dies.
 const FAILOVER_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -183,6 +186,110 @@ fn zongheng_raft_batch_answers_each_message() {
             .raft_batch(RaftBatchRequest { items: oversized })
             .await
             .expect_err("a batch over the limit is refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(
+            status
+                .metadata()
+                .get("x-zongheng-error")
+                .and_then(|code| code.to_str().ok()),
+            Some("ZH_RAFT_BATCH_TOO_LARGE"),
+            "{status:?}"
+        );
+    });
+    cluster.assert_running(0);
+}
+
+/// The long-lived Raft stream (`Peer.RaftStream`) answers each message by
+/// its id, as a single `Peer.Raft` call would, across several stream
+/// messages; a stream message over the batch limit ends the stream with its
+/// code, and the node keeps running.
+#[test]
+fn zongheng_raft_stream_answers_each_message() {
+    let Some(_guard) = enabled(Kind::Zongheng) else { return };
+    let mut cluster = Cluster::start(Kind::Zongheng, 1);
+    cluster.wait_ready(0, CATCH_UP_TIMEOUT);
+    let peer_url = cluster.member(0).peer_url();
+    runtime().block_on(async {
+        let mut peer = PeerClient::new(channel(&peer_url).await.expect("peer connection"));
+        let message = |id, group_id, to_member_id| RaftStreamItem {
+            id,
+            request: Some(RaftRequest {
+                group_id,
+                kind: RaftKind::Vote as i32,
+                payload: Vec::new(),
+                to_member_id,
+            }),
+            timeout_ms: 2_000,
+        };
+        let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+        let mut answers = peer
+            .raft_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await
+            .expect("a stream is accepted")
+            .into_inner();
+        let mut outcomes = std::collections::BTreeMap::new();
+        let receive = |outcomes: &mut std::collections::BTreeMap<u64, _>, answer: RaftStreamAnswer| {
+            assert!(
+                outcomes.insert(answer.id, answer.outcome).is_none(),
+                "id {} answered twice",
+                answer.id
+            );
+        };
+        requests
+            .send(RaftStreamRequest {
+                items: vec![message(7, 0, 0x1234), message(9, 1_000_007, 0)],
+            })
+            .await
+            .expect("the stream takes a message");
+        requests
+            .send(RaftStreamRequest {
+                items: vec![
+                    RaftStreamItem {
+                        id: 11,
+                        request: None,
+                        timeout_ms: 0,
+                    },
+                    message(12, 0, 0),
+                ],
+            })
+            .await
+            .expect("the stream takes a second message");
+        while outcomes.len() < 4 {
+            let batch = answers
+                .message()
+                .await
+                .expect("the answer stream")
+                .expect("the stream stays open while messages are unanswered");
+            for answer in batch.answers {
+                receive(&mut outcomes, answer);
+            }
+        }
+        assert_eq!(outcomes.keys().copied().collect::<Vec<_>>(), vec![7, 9, 11, 12]);
+        let error = |id: u64| match &outcomes[&id] {
+            Some(raft_stream_answer::Outcome::Error(error)) => error.clone(),
+            other => panic!("message {id}: expected an error, got {other:?}"),
+        };
+        let misaddressed = error(7);
+        assert_eq!(
+            misaddressed.code,
+            tonic::Code::FailedPrecondition as i32,
+            "{misaddressed:?}"
+        );
+        assert_eq!(misaddressed.error_code, "ZH_WRONG_MEMBER");
+        assert_eq!(error(9).code, tonic::Code::NotFound as i32, "{:?}", error(9));
+        assert_eq!(error(11).code, tonic::Code::InvalidArgument as i32, "{:?}", error(11));
+        assert_eq!(error(12).code, tonic::Code::InvalidArgument as i32, "{:?}", error(12));
+        assert!(error(12).message.contains("undecodable"), "{:?}", error(12));
+
+        let oversized = (0..257).map(|id| message(100 + id, 0, 0)).collect();
+        requests
+            .send(RaftStreamRequest { items: oversized })
+            .await
+            .expect("the stream takes an oversized message");
+        let status = answers
+            .message()
+            .await
+            .expect_err("a stream message over the limit ends the stream");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert_eq!(
             status

@@ -319,7 +319,15 @@ fn grpc_method_paths_match_etcd() {
         ),
         (
             "zongheng.peer.v1.Peer",
-            &["Raft", "RaftBatch", "Forward", "ReadIndex", "Members", "ReplicaStatus"],
+            &[
+                "Raft",
+                "RaftBatch",
+                "RaftStream",
+                "Forward",
+                "ReadIndex",
+                "Members",
+                "ReplicaStatus",
+            ],
         ),
         (
             "zongheng.store.v1.Store",

@@ -40,6 +40,12 @@ pub struct ServeOptions {
     /// Concurrent streams a client may open on one connection (`None`: h2's
     /// default, unlimited).
     pub max_concurrent_streams: Option<u32>,
+    /// Bytes a client may send on one stream before the server has read
+    /// them (`None`: hyper's default, 1 MiB).
+    pub stream_window_bytes: Option<u32>,
+    /// Bytes a client may send on all streams of a connection before the
+    /// server has read them (`None`: hyper's default, 1 MiB).
+    pub connection_window_bytes: Option<u32>,
 }
 
 /// Serve `routes` on every connection `incoming` yields until `shutdown`
@@ -55,7 +61,9 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .auto_date_header(false)
-        .max_concurrent_streams(options.max_concurrent_streams);
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .initial_stream_window_size(options.stream_window_bytes)
+        .initial_connection_window_size(options.connection_window_bytes);
     let routes = routes.prepare();
     accept_until(
         incoming,

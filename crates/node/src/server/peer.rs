@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use zongheng_proto::peer::peer_server::Peer;
 use zongheng_proto::peer::{
-    raft_batch_answer, ForwardReply, ForwardRequest, MembersReply, MembersRequest, PeerMember, RaftBatchAnswer,
-    RaftBatchError, RaftBatchRequest, RaftKind, RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
-    ReplicaStatusReply, ReplicaStatusRequest,
+    raft_batch_answer, raft_stream_answer, ForwardReply, ForwardRequest, MembersReply, MembersRequest, PeerMember,
+    RaftBatchAnswer, RaftBatchError, RaftBatchRequest, RaftKind, RaftReply, RaftRequest, RaftStreamAnswer,
+    RaftStreamAnswers, RaftStreamRequest, ReadIndexReply, ReadIndexRequest, ReplicaStatusReply, ReplicaStatusRequest,
 };
 
 use crate::meta::group::{LeaderCall, REQUEST_TIMEOUT};
@@ -142,6 +143,27 @@ impl PeerService {
         Ok(payload)
     }
 
+    /// One message of a batch or stream, as `Raft` would answer it, given
+    /// up after the sender's `timeout_ms` (at most
+    /// [`RAFT_BATCH_MESSAGE_TIMEOUT`]).
+    async fn raft_item(&self, request: Option<RaftRequest>, timeout_ms: u32) -> Result<Vec<u8>, Status> {
+        let limit = match timeout_ms {
+            0 => RAFT_BATCH_MESSAGE_TIMEOUT,
+            ms => Duration::from_millis(ms.into()).min(RAFT_BATCH_MESSAGE_TIMEOUT),
+        };
+        let Some(request) = request else {
+            return Err(Status::invalid_argument("zongheng: raft batch item without a message"));
+        };
+        tokio::time::timeout(limit, self.raft_one(request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "zongheng: no answer within {} ms",
+                    limit.as_millis()
+                )))
+            })
+    }
+
     fn group(&self, group_id: u64) -> Result<&MetaGroup, Status> {
         if group_id == META_GROUP {
             Ok(&self.meta)
@@ -213,23 +235,57 @@ pub const MEMBER_REMOVED_CODE: &str = "ZH_MEMBER_REMOVED";
 /// The answer to message `index` of a batch: its reply, or the status a
 /// single `Raft` call would have failed with.
 fn batch_answer(index: u32, outcome: Result<Vec<u8>, Status>) -> RaftBatchAnswer {
-    let outcome = match outcome {
-        Ok(payload) => raft_batch_answer::Outcome::Reply(RaftReply { payload }),
-        Err(status) => raft_batch_answer::Outcome::Error(RaftBatchError {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-            error_code: status
-                .metadata()
-                .get(crate::server::status::ERROR_CODE_METADATA)
-                .and_then(|code| code.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-        }),
-    };
     RaftBatchAnswer {
         index,
-        outcome: Some(outcome),
+        outcome: Some(match outcome {
+            Ok(payload) => raft_batch_answer::Outcome::Reply(RaftReply { payload }),
+            Err(status) => raft_batch_answer::Outcome::Error(batch_error(&status)),
+        }),
     }
+}
+
+/// The answer to message `id` of a `RaftStream`.
+fn stream_answer(id: u64, outcome: Result<Vec<u8>, Status>) -> RaftStreamAnswer {
+    RaftStreamAnswer {
+        id,
+        outcome: Some(match outcome {
+            Ok(payload) => raft_stream_answer::Outcome::Reply(RaftReply { payload }),
+            Err(status) => raft_stream_answer::Outcome::Error(batch_error(&status)),
+        }),
+    }
+}
+
+/// A status as one message's error in a batch or stream.
+fn batch_error(status: &Status) -> RaftBatchError {
+    RaftBatchError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        error_code: status
+            .metadata()
+            .get(crate::server::status::ERROR_CODE_METADATA)
+            .and_then(|code| code.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// Messages of one `RaftStream` being worked on at once. While this many
+/// are unanswered the receiver reads no more of the stream, and HTTP/2 flow
+/// control holds the sender back.
+pub const RAFT_STREAM_MESSAGES_IN_PROGRESS_MAX: usize = 2_048;
+
+/// Answers gathered into one `RaftStreamAnswers`.
+pub const RAFT_STREAM_ANSWERS_MAX: usize = 256;
+
+/// `RaftStreamAnswers` waiting for the sender to read them.
+const RAFT_STREAM_ANSWERS_QUEUED: usize = 16;
+
+fn batch_too_large(messages: usize) -> Status {
+    crate::server::status::status(
+        tonic::Code::InvalidArgument,
+        format!("zongheng: a raft batch holds {messages} messages; the limit is {RAFT_BATCH_MESSAGES_MAX}"),
+        "ZH_RAFT_BATCH_TOO_LARGE",
+    )
 }
 
 fn bad_payload(error: codec::CodecError) -> Status {
@@ -252,14 +308,7 @@ impl Peer for PeerService {
     async fn raft_batch(&self, request: Request<RaftBatchRequest>) -> Result<Response<Self::RaftBatchStream>, Status> {
         let items = request.into_inner().items;
         if items.len() > RAFT_BATCH_MESSAGES_MAX {
-            return Err(crate::server::status::status(
-                tonic::Code::InvalidArgument,
-                format!(
-                    "zongheng: a raft batch holds {} messages; the limit is {RAFT_BATCH_MESSAGES_MAX}",
-                    items.len()
-                ),
-                "ZH_RAFT_BATCH_TOO_LARGE",
-            ));
+            return Err(batch_too_large(items.len()));
         }
         let (answers, stream) = tokio::sync::mpsc::channel(items.len().max(1));
         let service = self.clone();
@@ -270,21 +319,7 @@ impl Peer for PeerService {
                 .map(|(index, item)| {
                     let service = service.clone();
                     async move {
-                        let limit = match item.timeout_ms {
-                            0 => RAFT_BATCH_MESSAGE_TIMEOUT,
-                            ms => Duration::from_millis(ms.into()).min(RAFT_BATCH_MESSAGE_TIMEOUT),
-                        };
-                        let outcome = match item.request {
-                            None => Err(Status::invalid_argument("zongheng: raft batch item without a message")),
-                            Some(request) => tokio::time::timeout(limit, service.raft_one(request))
-                                .await
-                                .unwrap_or_else(|_| {
-                                    Err(Status::deadline_exceeded(format!(
-                                        "zongheng: no answer within {} ms",
-                                        limit.as_millis()
-                                    )))
-                                }),
-                        };
+                        let outcome = service.raft_item(item.request, item.timeout_ms).await;
                         batch_answer(index as u32, outcome)
                     }
                 })
@@ -294,6 +329,62 @@ impl Peer for PeerService {
                 // the groups still finish their calls (dropping them here
                 // would cancel a Raft call midway).
                 let _ = answers.send(Ok(answer)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    type RaftStreamStream = ReceiverStream<Result<RaftStreamAnswers, Status>>;
+
+    async fn raft_stream(
+        &self,
+        request: Request<Streaming<RaftStreamRequest>>,
+    ) -> Result<Response<Self::RaftStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        let (answers, stream) = tokio::sync::mpsc::channel(RAFT_STREAM_ANSWERS_QUEUED);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            // Whether the sender may still send: false once it closed its
+            // side, the connection broke or it broke the protocol. What was
+            // taken is still answered (or at least finished: dropping a
+            // message midway would cancel a Raft call).
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    message = requests.message(),
+                        if reading && pending.len() < RAFT_STREAM_MESSAGES_IN_PROGRESS_MAX =>
+                    {
+                        match message {
+                            Ok(Some(request)) if request.items.len() > RAFT_BATCH_MESSAGES_MAX => {
+                                let _ = answers.send(Err(batch_too_large(request.items.len()))).await;
+                                reading = false;
+                            }
+                            Ok(Some(request)) => {
+                                for item in request.items {
+                                    let service = service.clone();
+                                    pending.push(async move {
+                                        let outcome = service.raft_item(item.request, item.timeout_ms).await;
+                                        stream_answer(item.id, outcome)
+                                    });
+                                }
+                            }
+                            Ok(None) | Err(_) => reading = false,
+                        }
+                    }
+                    Some(answer) = pending.next(), if !pending.is_empty() => {
+                        // Whatever else is ready leaves in the same message.
+                        let mut ready = vec![answer];
+                        while ready.len() < RAFT_STREAM_ANSWERS_MAX {
+                            match pending.next().now_or_never() {
+                                Some(Some(answer)) => ready.push(answer),
+                                _ => break,
+                            }
+                        }
+                        let _ = answers.send(Ok(RaftStreamAnswers { answers: ready })).await;
+                    }
+                    else => break,
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(stream)))
