@@ -355,7 +355,7 @@ pub async fn start(
                 source,
             })?;
     let peer_listener = crate::net::transport::limit_connections(peer_listener, PEER_CONNECTIONS_MAX, "peer listener");
-    let peer_service = PeerServer::new(PeerService::new(meta.clone(), store.clone()))
+    let peer_service = PeerServer::new(PeerService::new(meta.clone(), store.clone(), shutdown_signal.clone()))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let mut signal = shutdown_signal.clone();

@@ -303,6 +303,26 @@ fn zongheng_raft_stream_answers_each_message() {
     cluster.assert_running(0);
 }
 
+/// Every member of a cluster exits by itself on SIGTERM, one after the
+/// other, while its peers keep their long-lived Raft streams to it open
+/// (`Peer.RaftStream`): a stopping node ends those streams, or its server's
+/// graceful shutdown, which waits for every open stream, would wait until
+/// the harness kills it.
+#[test]
+fn zongheng_members_stop_on_sigterm_while_peers_stream_to_them() {
+    let Some(_guard) = enabled(Kind::Zongheng) else { return };
+    let mut cluster = Cluster::start(Kind::Zongheng, 3);
+    for index in 0..3 {
+        cluster.wait_ready(index, CATCH_UP_TIMEOUT);
+    }
+    for index in 0..3 {
+        let status = cluster
+            .stop(index)
+            .unwrap_or_else(|| panic!("member {index} did not exit within {STOP_TIMEOUT:?} of SIGTERM"));
+        assert!(status.success(), "member {index}: {status:?}");
+    }
+}
+
 #[test]
 #[ignore = "reference run against a real etcd; validates the scenario"]
 fn etcd_leader_kill9_then_restart_catches_up() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -33,11 +34,14 @@ use crate::store::StoreGroups;
 pub struct PeerService {
     meta: Arc<MetaGroup>,
     store: Arc<StoreGroups>,
+    /// Set when the node stops: open Raft streams then end, so the server's
+    /// graceful shutdown (which waits for every open stream) can finish.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl PeerService {
-    pub fn new(meta: Arc<MetaGroup>, store: Arc<StoreGroups>) -> Self {
-        Self { meta, store }
+    pub fn new(meta: Arc<MetaGroup>, store: Arc<StoreGroups>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { meta, store, shutdown }
     }
 
     /// The local replica of a store partition group, when `group_id` names one.
@@ -343,15 +347,20 @@ impl Peer for PeerService {
         let mut requests = request.into_inner();
         let (answers, stream) = tokio::sync::mpsc::channel(RAFT_STREAM_ANSWERS_QUEUED);
         let service = self.clone();
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut pending = FuturesUnordered::new();
             // Whether the sender may still send: false once it closed its
-            // side, the connection broke or it broke the protocol. What was
-            // taken is still answered (or at least finished: dropping a
-            // message midway would cancel a Raft call).
-            let mut reading = true;
+            // side, the connection broke, it broke the protocol or this node
+            // is stopping. What was taken is still answered (or at least
+            // finished: dropping a message midway would cancel a Raft call);
+            // then the answer stream ends, and the sender opens a new one.
+            let mut reading = !*shutdown.borrow_and_update();
             loop {
                 tokio::select! {
+                    changed = shutdown.changed(), if reading => {
+                        reading = changed.is_ok() && !*shutdown.borrow_and_update();
+                    }
                     message = requests.message(),
                         if reading && pending.len() < RAFT_STREAM_MESSAGES_IN_PROGRESS_MAX =>
                     {
