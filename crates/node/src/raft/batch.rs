@@ -189,6 +189,15 @@ async fn run(mut queue: mpsc::Receiver<Queued>, client: PeerClient<Channel>, cou
         let mut ids = Vec::with_capacity(batch.len());
         {
             let mut waiting = open.waiting.lock().expect("raft stream lock poisoned");
+            if let Some(failure) = waiting.ended.clone() {
+                // The stream ended since `has_ended` looked, and its reader
+                // has answered every waiter it had: these would wait for
+                // nobody.
+                for queued in batch {
+                    let _ = queued.reply.send(Err(failure.clone()));
+                }
+                continue;
+            }
             for queued in batch {
                 let id = next_id;
                 next_id += 1;
