@@ -104,17 +104,23 @@ fn zongheng_raft_message_for_another_member_is_refused() {
             })
             .await
             .expect_err("a vote request for member 1234 must be refused");
-        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-        assert_eq!(
-            status
-                .metadata()
-                .get("x-zongheng-error")
-                .and_then(|code| code.to_str().ok()),
-            Some("ZH_WRONG_MEMBER"),
-            "{status:?}"
-        );
+        assert_status(&status, tonic::Code::FailedPrecondition, "ZH_WRONG_MEMBER");
     });
     cluster.assert_running(0);
+}
+
+/// `status` has gRPC code `code` and zongheng error code `error_code`
+/// (the `x-zongheng-error` metadata).
+fn assert_status(status: &tonic::Status, code: tonic::Code, error_code: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-zongheng-error")
+            .and_then(|code| code.to_str().ok()),
+        Some(error_code),
+        "{status:?}"
+    );
 }
 
 /// A batch of Raft messages (`Peer.RaftBatch`) is answered message by
@@ -186,15 +192,7 @@ fn zongheng_raft_batch_answers_each_message() {
             .raft_batch(RaftBatchRequest { items: oversized })
             .await
             .expect_err("a batch over the limit is refused");
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-        assert_eq!(
-            status
-                .metadata()
-                .get("x-zongheng-error")
-                .and_then(|code| code.to_str().ok()),
-            Some("ZH_RAFT_BATCH_TOO_LARGE"),
-            "{status:?}"
-        );
+        assert_status(&status, tonic::Code::InvalidArgument, "ZH_RAFT_BATCH_TOO_LARGE");
     });
     cluster.assert_running(0);
 }
@@ -290,15 +288,7 @@ fn zongheng_raft_stream_answers_each_message() {
             .message()
             .await
             .expect_err("a stream message over the limit ends the stream");
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-        assert_eq!(
-            status
-                .metadata()
-                .get("x-zongheng-error")
-                .and_then(|code| code.to_str().ok()),
-            Some("ZH_RAFT_BATCH_TOO_LARGE"),
-            "{status:?}"
-        );
+        assert_status(&status, tonic::Code::InvalidArgument, "ZH_RAFT_BATCH_TOO_LARGE");
     });
     cluster.assert_running(0);
 }

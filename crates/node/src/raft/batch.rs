@@ -96,7 +96,7 @@ struct Queued {
     reply: oneshot::Sender<Result<RaftReply, Status>>,
     /// This message's share of [`PEER_BYTES_IN_FLIGHT_MAX`], given back
     /// when it is answered or given up.
-    _room: OwnedSemaphorePermit,
+    room: OwnedSemaphorePermit,
 }
 
 impl PeerBatcher {
@@ -133,7 +133,7 @@ impl PeerBatcher {
             bytes,
             deadline: Instant::now() + timeout,
             reply,
-            _room: room,
+            room,
         };
         self.queue.send(queued).await.map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
@@ -186,7 +186,8 @@ async fn run(mut queue: mpsc::Receiver<Queued>, client: PeerClient<Channel>, cou
             _ => OpenStream::start(client.clone()),
         };
         let mut items = Vec::with_capacity(batch.len());
-        let mut ids = Vec::with_capacity(batch.len());
+        // Ids are consecutive: the batch's are `first_id..next_id`.
+        let first_id = next_id;
         {
             let mut waiting = open.waiting.lock().expect("raft stream lock poisoned");
             if let Some(failure) = waiting.ended.clone() {
@@ -206,13 +207,12 @@ async fn run(mut queue: mpsc::Receiver<Queued>, client: PeerClient<Channel>, cou
                     request: Some(queued.request),
                     timeout_ms: queued.timeout_ms,
                 });
-                ids.push(id);
                 waiting.waiters.insert(
                     id,
                     Waiter {
                         deadline: queued.deadline,
                         reply: queued.reply,
-                        _room: queued._room,
+                        _room: queued.room,
                     },
                 );
             }
@@ -223,7 +223,7 @@ async fn run(mut queue: mpsc::Receiver<Queued>, client: PeerClient<Channel>, cou
         if open.requests.send(RaftStreamRequest { items }).await.is_err() {
             // The stream ended while this batch waited to go: its reader
             // answered the waiters it saw; these may have come after.
-            open.fail(ids, ended());
+            open.fail(first_id..next_id, ended());
             continue;
         }
         stream = Some(open);
@@ -268,7 +268,7 @@ impl OpenStream {
     }
 
     /// Answer `ids` with `failure`, those still waiting.
-    fn fail(&self, ids: Vec<u64>, failure: Status) {
+    fn fail(&self, ids: std::ops::Range<u64>, failure: Status) {
         let mut waiting = self.waiting.lock().expect("raft stream lock poisoned");
         for id in ids {
             if let Some(waiter) = waiting.waiters.remove(&id) {
